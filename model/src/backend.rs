@@ -1,0 +1,13 @@
+//! The concrete backends: flex on CPU by default, CUDA behind the `cuda` feature.
+
+/// The CPU backend (burn flex, multi-threaded with rayon and SIMD).
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend with autodiff, for training.
+pub type CpuTrain = burn::backend::Autodiff<Cpu>;
+
+/// The CUDA backend.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+/// The CUDA backend with autodiff.
+#[cfg(feature = "cuda")]
+pub type CudaTrain = burn::backend::Autodiff<Cuda>;

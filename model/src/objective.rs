@@ -1,0 +1,284 @@
+//! The ELF training objective of spec §4: the denoiser (L2 on velocity, self-conditioning and
+//! the SC-CFG guided target) and decoder (CE) branches.
+//!
+//! Every random number arrives in [`Draws`], made on the host from the keyed streams of
+//! `elf_shared::seed` per (step, global sample index), so the loss of a sample does not depend on
+//! which rank computes it. Losses are sums of `weight · ℓ` over positions, where the caller's
+//! weights carry the loss mask and the per-shard normalisation `1 / (max(Σ m, 1) · n_shards)`;
+//! summing them over micro-batches and ranks gives the reference's mean of per-shard losses.
+
+use burn::module::AutodiffModule;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+use elf_shared::config::{Config, TimeSchedule};
+use elf_shared::seed::{Purpose, Stream, sigmoid};
+
+use crate::elf::{Elf, Mode};
+use crate::nn::tensor;
+use crate::t5::T5Encoder;
+
+/// Which branch a shard of the batch trains (spec §4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Branch {
+    /// L2 on velocity.
+    Denoiser,
+    /// Cross-entropy through the decoder head.
+    Decoder,
+}
+
+/// A collated micro-batch on the host (spec §3.4) with its loss weights.
+#[derive(Debug, Clone, Default)]
+pub struct HostBatch {
+    /// Samples.
+    pub n: usize,
+    /// Sequence length `S`.
+    pub s: usize,
+    /// Token ids `[n, S]`.
+    pub ids: Vec<i32>,
+    /// Encoder mask `[n, S, S]`, label drop already applied.
+    pub enc_mask: Vec<f32>,
+    /// Condition positions `[n, S]`.
+    pub cond: Vec<f32>,
+    /// Label-drop flags `[n]` (1 = condition dropped).
+    pub label_drop: Vec<f32>,
+    /// Loss weights `[n, S]`: loss mask divided by the shard normaliser and shard count.
+    pub weight: Vec<f32>,
+}
+
+/// The random draws of a micro-batch (spec §4.2, §4.6, §4.8).
+#[derive(Debug, Clone, Default)]
+pub struct Draws {
+    /// SC-CFG scale `w` `[n]`.
+    pub w: Vec<f32>,
+    /// Flow time `t` `[n]` (denoiser).
+    pub t: Vec<f32>,
+    /// Self-conditioning coin `[n]` (denoiser).
+    pub m_sc: Vec<f32>,
+    /// Noise `ε` `[n, S, E]` (denoiser) or `ε'` (decoder).
+    pub noise: Vec<f32>,
+    /// Per-token mix `λ` `[n, S]` (decoder).
+    pub lambda: Vec<f32>,
+}
+
+/// Returns the SC-CFG scale for a uniform `u` (spec §4.6): `1 + w` log-uniform on
+/// `[1 + w_min, 1 + w_max]`.
+pub fn sc_cfg_scale(u: f64, w_min: f64, w_max: f64) -> f64 {
+    (1.0 + w_min) * ((1.0 + w_max) / (1.0 + w_min)).powf(u) - 1.0
+}
+
+/// Draws the random numbers of one sample for `branch` from its keyed streams.
+///
+/// `step` and `index` (the position in the global batch) key every stream.
+pub fn draw_sample(
+    c: &Config,
+    branch: Branch,
+    step: u64,
+    index: u64,
+    s: usize,
+    e: usize,
+    out: &mut Draws,
+) {
+    let seed = c.seed;
+    let u = Stream::new(seed, Purpose::ScCfgScale, step, index).uniform();
+    out.w
+        .push(sc_cfg_scale(u, c.self_cond_cfg_min, c.self_cond_cfg_max) as f32);
+    let mut noise = Stream::new(seed, Purpose::Noise, step, index);
+    let start = out.noise.len();
+    out.noise.resize(start + s * e, 0.0);
+    match branch {
+        Branch::Denoiser => {
+            let mut ts = Stream::new(seed, Purpose::Time, step, index);
+            let t = match c.time_schedule {
+                TimeSchedule::LogitNormal => {
+                    sigmoid(c.denoiser_p_mean + c.denoiser_p_std * ts.normal())
+                }
+                TimeSchedule::Uniform => ts.uniform(),
+            };
+            out.t.push(t as f32);
+            let m = Stream::new(seed, Purpose::SelfCond, step, index).uniform() < c.self_cond_prob;
+            out.m_sc.push(if m { 1.0 } else { 0.0 });
+            noise.fill_normal_f32(&mut out.noise[start..]);
+        }
+        Branch::Decoder => {
+            let mut ls = Stream::new(seed, Purpose::DecoderLambda, step, index);
+            out.lambda.extend(
+                (0..s).map(|_| sigmoid(c.decoder_p_mean + c.decoder_p_std * ls.normal()) as f32),
+            );
+            let mut dn = Stream::new(seed, Purpose::DecoderNoise, step, index);
+            dn.fill_normal_f32(&mut out.noise[start..]);
+        }
+    }
+}
+
+/// Objective constants taken from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectiveParams {
+    /// Latent mean `μ`.
+    pub latent_mean: f64,
+    /// Latent std `σ`.
+    pub latent_std: f64,
+    /// Denoiser noise scale `s_n`.
+    pub noise_scale: f64,
+    /// Decoder noise scale `s_d`.
+    pub decoder_noise_scale: f64,
+    /// Velocity floor.
+    pub t_eps: f64,
+}
+
+impl ObjectiveParams {
+    /// Reads the constants from a config.
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            latent_mean: c.latent_mean,
+            latent_std: c.latent_std,
+            noise_scale: c.denoiser_noise_scale,
+            decoder_noise_scale: c.decoder_noise_scale,
+            t_eps: c.t_eps,
+        }
+    }
+}
+
+/// Encodes a batch with the frozen encoder and normalises it (spec §2.3, §4.1, §4.3).
+///
+/// -> x₀: `[n, S, E]`, zero at condition positions of label-dropped samples
+pub fn encode<B: Backend>(
+    enc: &T5Encoder<B>,
+    b: &HostBatch,
+    p: &ObjectiveParams,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let ids = Tensor::<B, 2, Int>::from_data(
+        burn::tensor::TensorData::new(b.ids.clone(), [b.n, b.s]),
+        device,
+    );
+    let mask = tensor::<B, 3>(b.enc_mask.clone(), [b.n, b.s, b.s], device);
+    let latent = enc.forward(ids, mask);
+    let x0 = (latent - p.latent_mean) / p.latent_std;
+    let keep: Vec<f32> = (0..b.n * b.s)
+        .map(|i| 1.0 - b.cond[i] * b.label_drop[i / b.s])
+        .collect();
+    x0 * tensor::<B, 2>(keep, [b.n, b.s], device).unsqueeze_dim(2)
+}
+
+/// The loss of a micro-batch: the differentiable scalar and each sample's contribution.
+#[derive(Debug)]
+pub struct BranchLoss<B: Backend> {
+    /// `Σ weight · ℓ` over the micro-batch, differentiable.
+    pub total: Tensor<B, 1>,
+    /// Per-sample `Σ_pos weight · ℓ` `[n]` on the host.
+    pub per_sample: Vec<f32>,
+}
+
+fn per_sample_sums<B: Backend>(weighted: Tensor<B, 2>) -> Vec<f32> {
+    crate::nn::to_vec(weighted.sum_dim(1).flatten::<1>(0, 1))
+}
+
+/// The denoiser branch (spec §4.7) in its exact two-pass form: one no-grad pass gives the
+/// self-conditioning estimate and `v_u`; the graded pass's own (stop-gradient) output stands in
+/// for `v_c`, which the reference computes on the identical input for `m_sc = 1` samples.
+///
+/// x0: `[n, S, E]` on the inner backend.
+pub fn denoiser_loss<B: AutodiffBackend>(
+    model: &Elf<B>,
+    x0: Tensor<B::InnerBackend, 3>,
+    b: &HostBatch,
+    d: &Draws,
+    p: &ObjectiveParams,
+) -> BranchLoss<B> {
+    let device = x0.device();
+    let [n, s, e] = x0.dims();
+    let t = tensor::<B::InnerBackend, 1>(d.t.clone(), [n], &device);
+    let w = tensor::<B::InnerBackend, 1>(d.w.clone(), [n], &device);
+    let t3 = t.clone().reshape([n, 1, 1]);
+    let cond = tensor::<B::InnerBackend, 2>(b.cond.clone(), [n, s], &device).unsqueeze_dim::<3>(2);
+    let free = cond.clone().neg() + 1.0;
+    let eps = tensor::<B::InnerBackend, 3>(d.noise.clone(), [n, s, e], &device);
+
+    let z = t3.clone() * x0.clone() + (t3.clone().neg() + 1.0) * eps * p.noise_scale;
+    let z = z * free.clone() + x0.clone() * cond.clone();
+    let inv = (t3.neg() + 1.0).clamp_min(p.t_eps).recip();
+    let v_star = (x0.clone() - z.clone()) * inv.clone();
+    let x_cond = x0 * cond.clone();
+
+    // Pass 1 (no grad): the empty-self-cond prediction, used for x_sc and v_u.
+    let inner = model.valid();
+    let u0 = Tensor::cat(vec![z.clone(), x_cond.clone()], 2);
+    let x_raw = inner.forward(u0, t.clone(), w.clone(), Mode::Denoise).x;
+    let v_u = (x_raw.clone() - z.clone()) * inv.clone();
+    let x_u = x_raw * free.clone() + x_cond.clone();
+    let m_sc = tensor::<B::InnerBackend, 1>(d.m_sc.clone(), [n], &device).reshape([n, 1, 1]);
+    let x_sc = x_u * free * m_sc.clone() + x_cond;
+
+    // Pass 2 (with grad).
+    let u = Tensor::<B, 3>::from_inner(Tensor::cat(vec![z.clone(), x_sc], 2));
+    let x_hat = model
+        .forward(
+            u,
+            Tensor::from_inner(t),
+            Tensor::from_inner(w.clone()),
+            Mode::Denoise,
+        )
+        .x;
+    let z_ad = Tensor::<B, 3>::from_inner(z);
+    let inv_ad = Tensor::<B, 3>::from_inner(inv);
+    let v_hat = (x_hat - z_ad) * inv_ad;
+
+    // Guided target: v* + m_sc (1 − 1/w)(v_c − v_u), gradient stopped.
+    let guide = (w.recip().neg() + 1.0).reshape([n, 1, 1]) * m_sc;
+    let v_c = v_hat.clone().inner();
+    let v_tgt = v_star + guide * (v_c - v_u);
+    let diff = v_hat - Tensor::<B, 3>::from_inner(v_tgt);
+    let per_pos = diff.square().mean_dim(2).reshape([n, s]);
+    let weight = Tensor::<B, 2>::from_inner(tensor(b.weight.clone(), [n, s], &device));
+    let weighted = per_pos * weight;
+    let per_sample = per_sample_sums(weighted.clone().inner());
+    BranchLoss {
+        total: weighted.sum(),
+        per_sample,
+    }
+}
+
+/// The decoder branch (spec §4.8): CE of the decoder head on a partially noised latent at t = 1.
+///
+/// x0: `[n, S, E]` on the inner backend.
+pub fn decoder_loss<B: AutodiffBackend>(
+    model: &Elf<B>,
+    x0: Tensor<B::InnerBackend, 3>,
+    b: &HostBatch,
+    d: &Draws,
+    p: &ObjectiveParams,
+) -> BranchLoss<B> {
+    let device = x0.device();
+    let [n, s, e] = x0.dims();
+    let lambda =
+        tensor::<B::InnerBackend, 2>(d.lambda.clone(), [n, s], &device).unsqueeze_dim::<3>(2);
+    let eps = tensor::<B::InnerBackend, 3>(d.noise.clone(), [n, s, e], &device);
+    let z = lambda.clone() * x0.clone() + (lambda.neg() + 1.0) * eps * p.decoder_noise_scale;
+    let u = Tensor::cat(vec![z, x0.zeros_like()], 2);
+    let ones = Tensor::<B::InnerBackend, 1>::ones([n], &device);
+    let w = tensor::<B::InnerBackend, 1>(d.w.clone(), [n], &device);
+    let logits = model
+        .forward(
+            Tensor::from_inner(u),
+            Tensor::from_inner(ones),
+            Tensor::from_inner(w),
+            Mode::DecodeLogitsOnly,
+        )
+        .logits
+        .expect("decoder mode returns logits");
+    let v = logits.dims()[2];
+    let logp = log_softmax(logits.reshape([n * s, v]), 1);
+    let ids = Tensor::<B, 2, Int>::from_data(
+        burn::tensor::TensorData::new(b.ids.clone(), [n * s, 1]),
+        &logp.device(),
+    );
+    let nll = logp.gather(1, ids).neg().reshape([n, s]);
+    let weight = Tensor::<B, 2>::from_inner(tensor(b.weight.clone(), [n, s], &device));
+    let weighted = nll * weight;
+    let per_sample = per_sample_sums(weighted.clone().inner());
+    BranchLoss {
+        total: weighted.sum(),
+        per_sample,
+    }
+}

@@ -1,0 +1,246 @@
+//! The sampler of spec §5: time grids, ODE and SDE Euler steps with self-conditioning, SC-CFG
+//! through the prefix tokens, label CFG, condition restoring, and decoding at t = 1.
+//!
+//! Runs on whatever module it is given; callers pass the EMA weights on the inner backend.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+use elf_shared::config::{SamplingMethod, TimeSchedule};
+use elf_shared::seed::{Purpose, Stream, sigmoid};
+
+use crate::elf::{Elf, Mode};
+use crate::nn::tensor;
+
+/// One point of a sampling sweep: a single (steps, cfg, SC-CFG) combination.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleSpec {
+    /// ODE or SDE.
+    pub method: SamplingMethod,
+    /// Network evaluations `N`.
+    pub steps: usize,
+    /// Label-CFG scale (1 disables the unconditional pass).
+    pub cfg: f64,
+    /// SC-CFG scale fed to the prefix tokens.
+    pub sc_cfg: f64,
+    /// Time grid.
+    pub schedule: TimeSchedule,
+    /// SDE churn.
+    pub gamma: f64,
+}
+
+/// Constants of the flow shared with training.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowParams {
+    /// Noise scale `s_n`.
+    pub noise_scale: f64,
+    /// Velocity floor.
+    pub t_eps: f64,
+    /// Training logit-normal mean (used by the logit-normal grid).
+    pub p_mean: f64,
+    /// Training logit-normal std.
+    pub p_std: f64,
+}
+
+/// Returns the `N + 1` grid points (spec §5.1); the logit-normal grid draws from `stream`.
+pub fn time_grid(
+    schedule: TimeSchedule,
+    n: usize,
+    p: &FlowParams,
+    stream: &mut Stream,
+) -> Vec<f64> {
+    match schedule {
+        TimeSchedule::Uniform => (0..=n).map(|i| i as f64 / n as f64).collect(),
+        TimeSchedule::LogitNormal => {
+            let mut inner: Vec<f64> = (0..n.saturating_sub(1))
+                .map(|_| sigmoid(p.p_mean + p.p_std * stream.normal()))
+                .collect();
+            inner.sort_by(f64::total_cmp);
+            let mut g = Vec::with_capacity(n + 1);
+            g.push(0.0);
+            g.extend(inner);
+            g.push(1.0);
+            g
+        }
+    }
+}
+
+/// Condition latents and positions for conditional sampling.
+#[derive(Debug, Clone)]
+pub struct Condition<B: Backend> {
+    /// Encoded, normalised latents; only condition positions are read. `[n, S, E]`
+    pub latents: Tensor<B, 3>,
+    /// Condition positions `[n, S, 1]` (1 = condition).
+    pub mask: Tensor<B, 3>,
+}
+
+/// One model evaluation `Eval(z, t, x̂_prev)` of spec §5.3; returns `(v, x)`.
+#[allow(clippy::too_many_arguments)]
+fn evaluate<B: Backend>(
+    model: &Elf<B>,
+    z: Tensor<B, 3>,
+    t: f64,
+    x_prev: Tensor<B, 3>,
+    cond: &Condition<B>,
+    spec: &SampleSpec,
+    p: &FlowParams,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let [n, _, _] = z.dims();
+    let device = z.device();
+    let tt = Tensor::<B, 1>::full([n], t, &device);
+    let w = Tensor::<B, 1>::full([n], spec.sc_cfg, &device);
+    let inv = 1.0 / (1.0 - t).max(p.t_eps);
+    let free = cond.mask.clone().neg() + 1.0;
+    let c_val = cond.latents.clone() * cond.mask.clone();
+    let run = |z: Tensor<B, 3>, xp: Tensor<B, 3>| {
+        let x = model
+            .forward(
+                Tensor::cat(vec![z.clone(), xp], 2),
+                tt.clone(),
+                w.clone(),
+                Mode::Denoise,
+            )
+            .x;
+        let v = (x.clone() - z) * inv;
+        (v, x)
+    };
+    let (v_c, x_c) = run(z.clone(), x_prev.clone());
+    let (v_c, x_c) = (v_c * free.clone(), x_c * free.clone() + c_val.clone());
+    if spec.cfg == 1.0 {
+        return (v_c, x_c);
+    }
+    let (v_u, x_u) = run(z * free.clone(), x_prev * free.clone());
+    let (v_u, x_u) = (v_u * free.clone(), x_u * free.clone());
+    let v = v_u.clone() + (v_c - v_u) * spec.cfg;
+    let x = x_u.clone() + (x_c - x_u) * spec.cfg;
+    (v * free.clone(), x * free + c_val)
+}
+
+/// Generates a batch and returns the argmax tokens of the decoder head at t = 1.
+///
+/// `key` seeds the noise and grid of this batch (`(seed, batch index)`); `n` samples of `S`
+/// positions with latent width `E` = `cond.latents`' last dim. -> `[n, S]`
+pub fn sample<B: Backend>(
+    model: &Elf<B>,
+    cond: &Condition<B>,
+    spec: &SampleSpec,
+    p: &FlowParams,
+    key: (u64, u64),
+) -> Tensor<B, 2, Int> {
+    let [n, s, e] = cond.latents.dims();
+    let device = cond.latents.device();
+    let (seed, batch) = key;
+    let mut grid_stream = Stream::new(seed, Purpose::SamplingGrid, batch, 0);
+    let grid = time_grid(spec.schedule, spec.steps, p, &mut grid_stream);
+    let mut noise_streams: Vec<Stream> = (0..n as u64)
+        .map(|i| Stream::new(seed, Purpose::SamplingNoise, batch, i))
+        .collect();
+    let noise = |streams: &mut [Stream]| {
+        let mut v = vec![0f32; n * s * e];
+        for (i, st) in streams.iter_mut().enumerate() {
+            st.fill_normal_f32(&mut v[i * s * e..(i + 1) * s * e]);
+        }
+        tensor::<B, 3>(v, [n, s, e], &device)
+    };
+    let free = cond.mask.clone().neg() + 1.0;
+    let c_val = cond.latents.clone() * cond.mask.clone();
+
+    let mut z = noise(&mut noise_streams) * p.noise_scale * free.clone() + c_val.clone();
+    let mut x_prev = c_val.clone();
+    let last = spec.steps - 1;
+    for i in 0..spec.steps {
+        let (t0, t1) = (grid[i], grid[i + 1]);
+        let sde = spec.method == SamplingMethod::Sde && i < last;
+        if sde {
+            let alpha = (1.0 - spec.gamma * (t1 - t0)).clamp(0.0, 1.0);
+            let tb = alpha * t0;
+            let eps = noise(&mut noise_streams);
+            let zb =
+                (z * alpha + eps * ((1.0 - alpha) * p.noise_scale)) * free.clone() + c_val.clone();
+            let (v, x) = evaluate(model, zb.clone(), tb, x_prev, cond, spec, p);
+            z = zb + v * (t1 - tb);
+            x_prev = x;
+        } else {
+            let (v, x) = evaluate(model, z.clone(), t0, x_prev, cond, spec, p);
+            z = z + v * (t1 - t0);
+            x_prev = x;
+        }
+    }
+    decode(model, z, spec.sc_cfg)
+}
+
+/// Decodes latents with one decoder-mode pass at t = 1 and takes the argmax (spec §5.6).
+///
+/// z: `[n, S, E]` -> `[n, S]`
+pub fn decode<B: Backend>(model: &Elf<B>, z: Tensor<B, 3>, sc_cfg: f64) -> Tensor<B, 2, Int> {
+    let [n, _, _] = z.dims();
+    let device = z.device();
+    let u = Tensor::cat(vec![z.clone(), z.zeros_like()], 2);
+    let ones = Tensor::<B, 1>::ones([n], &device);
+    let w = Tensor::<B, 1>::full([n], sc_cfg, &device);
+    let logits = model
+        .forward(u, ones, w, Mode::DecodeLogitsOnly)
+        .logits
+        .expect("decoder mode returns logits");
+    logits.argmax(2).squeeze_dim(2)
+}
+
+/// Unconditional post-processing: every position from the first EOS on becomes pad 0.
+pub fn finish_unconditional(ids: &[i64], eos: i64) -> Vec<i64> {
+    let cut = ids.iter().position(|&t| t == eos).unwrap_or(ids.len());
+    ids.iter()
+        .enumerate()
+        .map(|(i, &t)| if i < cut { t } else { 0 })
+        .collect()
+}
+
+/// Conditional post-processing: drop the condition, keep `gen_len` tokens, pad from the first EOS.
+pub fn finish_conditional(
+    ids: &[i64],
+    cond_len: usize,
+    gen_len: usize,
+    eos: i64,
+    pad: i64,
+) -> Vec<i64> {
+    let mut out: Vec<i64> = ids.iter().skip(cond_len).copied().collect();
+    out.resize(ids.len(), 0);
+    out.truncate(gen_len);
+    let cut = out.iter().position(|&t| t == eos).unwrap_or(out.len());
+    out.iter()
+        .enumerate()
+        .map(|(i, &t)| if i < cut { t } else { pad })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_have_n_plus_one_sorted_points() {
+        let p = FlowParams {
+            noise_scale: 2.0,
+            t_eps: 0.05,
+            p_mean: -1.5,
+            p_std: 0.8,
+        };
+        let mut s = Stream::new(0, Purpose::SamplingGrid, 0, 0);
+        let g = time_grid(TimeSchedule::LogitNormal, 32, &p, &mut s);
+        assert_eq!(g.len(), 33);
+        assert_eq!((g[0], g[32]), (0.0, 1.0));
+        assert!(g.windows(2).all(|w| w[0] <= w[1]));
+        let u = time_grid(TimeSchedule::Uniform, 4, &p, &mut s);
+        assert_eq!(u, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn post_processing_matches_spec() {
+        assert_eq!(
+            finish_unconditional(&[5, 6, 1, 7, 1], 1),
+            vec![5, 6, 0, 0, 0]
+        );
+        assert_eq!(
+            finish_conditional(&[9, 9, 5, 1, 7, 3], 2, 3, 1, 1),
+            vec![5, 1, 1]
+        );
+    }
+}
