@@ -51,17 +51,24 @@ pub fn time_grid(
     match schedule {
         TimeSchedule::Uniform => (0..=n).map(|i| i as f64 / n as f64).collect(),
         TimeSchedule::LogitNormal => {
-            let mut inner: Vec<f64> = (0..n.saturating_sub(1))
-                .map(|_| sigmoid(p.p_mean + p.p_std * stream.normal()))
-                .collect();
-            inner.sort_by(f64::total_cmp);
-            let mut g = Vec::with_capacity(n + 1);
-            g.push(0.0);
-            g.extend(inner);
-            g.push(1.0);
-            g
+            let normals: Vec<f64> = (0..n.saturating_sub(1)).map(|_| stream.normal()).collect();
+            grid_from_normals(&normals, p)
         }
     }
+}
+
+/// Builds the logit-normal grid `[0, sort(σ(μ + s·nᵢ)), 1]` from standard normals.
+pub fn grid_from_normals(normals: &[f64], p: &FlowParams) -> Vec<f64> {
+    let mut inner: Vec<f64> = normals
+        .iter()
+        .map(|n| sigmoid(p.p_mean + p.p_std * n))
+        .collect();
+    inner.sort_by(f64::total_cmp);
+    let mut g = Vec::with_capacity(inner.len() + 2);
+    g.push(0.0);
+    g.extend(inner);
+    g.push(1.0);
+    g
 }
 
 /// Condition latents and positions for conditional sampling.
@@ -74,8 +81,7 @@ pub struct Condition<B: Backend> {
 }
 
 /// One model evaluation `Eval(z, t, x̂_prev)` of spec §5.3; returns `(v, x)`.
-#[allow(clippy::too_many_arguments)]
-fn evaluate<B: Backend>(
+pub fn evaluate<B: Backend>(
     model: &Elf<B>,
     z: Tensor<B, 3>,
     t: f64,
@@ -144,28 +150,59 @@ pub fn sample<B: Backend>(
     let free = cond.mask.clone().neg() + 1.0;
     let c_val = cond.latents.clone() * cond.mask.clone();
 
-    let mut z = noise(&mut noise_streams) * p.noise_scale * free.clone() + c_val.clone();
-    let mut x_prev = c_val.clone();
+    let mut z = noise(&mut noise_streams) * p.noise_scale * free + c_val.clone();
+    let mut x_prev = c_val;
     let last = spec.steps - 1;
     for i in 0..spec.steps {
         let (t0, t1) = (grid[i], grid[i + 1]);
-        let sde = spec.method == SamplingMethod::Sde && i < last;
-        if sde {
-            let alpha = (1.0 - spec.gamma * (t1 - t0)).clamp(0.0, 1.0);
-            let tb = alpha * t0;
+        (z, x_prev) = if spec.method == SamplingMethod::Sde && i < last {
             let eps = noise(&mut noise_streams);
-            let zb =
-                (z * alpha + eps * ((1.0 - alpha) * p.noise_scale)) * free.clone() + c_val.clone();
-            let (v, x) = evaluate(model, zb.clone(), tb, x_prev, cond, spec, p);
-            z = zb + v * (t1 - tb);
-            x_prev = x;
+            sde_step(model, z, x_prev, (t0, t1), eps, cond, spec, p)
         } else {
-            let (v, x) = evaluate(model, z.clone(), t0, x_prev, cond, spec, p);
-            z = z + v * (t1 - t0);
-            x_prev = x;
-        }
+            ode_step(model, z, x_prev, (t0, t1), cond, spec, p)
+        };
     }
     decode(model, z, spec.sc_cfg)
+}
+
+/// One Euler step of the ODE from `t.0` to `t.1`; returns the new `z` and the x-estimate.
+///
+/// z, x_prev: `[n, S, E]` -> same
+pub fn ode_step<B: Backend>(
+    model: &Elf<B>,
+    z: Tensor<B, 3>,
+    x_prev: Tensor<B, 3>,
+    t: (f64, f64),
+    cond: &Condition<B>,
+    spec: &SampleSpec,
+    p: &FlowParams,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let (v, x) = evaluate(model, z.clone(), t.0, x_prev, cond, spec, p);
+    (z + v * (t.1 - t.0), x)
+}
+
+/// One SDE step with churn `γ` and fresh noise `eps` (spec §5.4); returns the new `z` and x.
+///
+/// z, x_prev, eps: `[n, S, E]` -> same
+#[allow(clippy::too_many_arguments)]
+pub fn sde_step<B: Backend>(
+    model: &Elf<B>,
+    z: Tensor<B, 3>,
+    x_prev: Tensor<B, 3>,
+    t: (f64, f64),
+    eps: Tensor<B, 3>,
+    cond: &Condition<B>,
+    spec: &SampleSpec,
+    p: &FlowParams,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let (t0, t1) = t;
+    let alpha = (1.0 - spec.gamma * (t1 - t0)).clamp(0.0, 1.0);
+    let tb = alpha * t0;
+    let free = cond.mask.clone().neg() + 1.0;
+    let c_val = cond.latents.clone() * cond.mask.clone();
+    let zb = (z * alpha + eps * ((1.0 - alpha) * p.noise_scale)) * free + c_val;
+    let (v, x) = evaluate(model, zb.clone(), tb, x_prev, cond, spec, p);
+    (zb + v * (t1 - tb), x)
 }
 
 /// Decodes latents with one decoder-mode pass at t = 1 and takes the argmax (spec §5.6).
