@@ -36,10 +36,10 @@ pub struct HostBatch {
     pub s: usize,
     /// Token ids `[n, S]`.
     pub ids: Vec<i32>,
-    /// Encoder mask `[n, S, S]`, label drop already applied.
-    pub enc_mask: Vec<f32>,
-    /// Condition positions `[n, S]`.
-    pub cond: Vec<f32>,
+    /// Condition length of each sample `[n]` (positions `< cond_len` are the condition).
+    pub cond_len: Vec<u32>,
+    /// Valid length of each sample `[n]` (positions `>= total_len` are padding).
+    pub total_len: Vec<u32>,
     /// Label-drop flags `[n]` (1 = condition dropped).
     pub label_drop: Vec<f32>,
     /// Loss weights `[n, S]`: loss mask divided by the shard normaliser and shard count.
@@ -139,6 +139,41 @@ impl ObjectiveParams {
     }
 }
 
+impl HostBatch {
+    /// Returns the condition mask `[n, S]` on the host (1 = condition position).
+    pub fn cond_host(&self) -> Vec<f32> {
+        let mut v = vec![0f32; self.n * self.s];
+        for (i, &c) in self.cond_len.iter().enumerate() {
+            v[i * self.s..i * self.s + c as usize].fill(1.0);
+        }
+        v
+    }
+
+    /// Returns the condition mask on `device`.
+    ///
+    /// -> `[n, S, 1]`
+    pub fn cond_mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+        tensor::<B, 2>(self.cond_host(), [self.n, self.s], device).unsqueeze_dim(2)
+    }
+
+    /// Builds the encoder attention mask of spec §2.4 with label drop (§4.3) on `device`:
+    /// `M[i, j] = c_i c_j + (1 − c_i)(v_j − drop · c_j)`.
+    ///
+    /// -> `[n, S, S]`
+    pub fn encoder_mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 3> {
+        let (n, s) = (self.n, self.s);
+        let pos = tensor::<B, 2>((0..s).map(|i| i as f32).collect(), [1, s], device);
+        let len = |v: &[u32]| tensor::<B, 2>(v.iter().map(|&x| x as f32).collect(), [n, 1], device);
+        let c = pos.clone().lower(len(&self.cond_len)).float();
+        let v = pos.lower(len(&self.total_len)).float();
+        let drop = tensor::<B, 1>(self.label_drop.clone(), [n], device).reshape([n, 1, 1]);
+        let ci = c.clone().unsqueeze_dim::<3>(2);
+        let cj = c.unsqueeze_dim::<3>(1);
+        let vj = v.unsqueeze_dim::<3>(1);
+        ci.clone() * cj.clone() + (ci.neg() + 1.0) * (vj - drop * cj)
+    }
+}
+
 /// Encodes a batch with the frozen encoder and normalises it (spec §2.3, §4.1, §4.3).
 ///
 /// -> x₀: `[n, S, E]`, zero at condition positions of label-dropped samples
@@ -152,13 +187,10 @@ pub fn encode<B: Backend>(
         burn::tensor::TensorData::new(b.ids.clone(), [b.n, b.s]),
         device,
     );
-    let mask = tensor::<B, 3>(b.enc_mask.clone(), [b.n, b.s, b.s], device);
-    let latent = enc.forward(ids, mask);
+    let latent = enc.forward(ids, b.encoder_mask(device));
     let x0 = (latent - p.latent_mean) / p.latent_std;
-    let keep: Vec<f32> = (0..b.n * b.s)
-        .map(|i| 1.0 - b.cond[i] * b.label_drop[i / b.s])
-        .collect();
-    x0 * tensor::<B, 2>(keep, [b.n, b.s], device).unsqueeze_dim(2)
+    let drop = tensor::<B, 1>(b.label_drop.clone(), [b.n], device).reshape([b.n, 1, 1]);
+    x0 * (b.cond_mask::<B>(device) * drop).neg().add_scalar(1.0)
 }
 
 /// The loss of a micro-batch: the differentiable scalar and each sample's contribution.
@@ -191,7 +223,7 @@ pub fn denoiser_loss<B: AutodiffBackend>(
     let t = tensor::<B::InnerBackend, 1>(d.t.clone(), [n], &device);
     let w = tensor::<B::InnerBackend, 1>(d.w.clone(), [n], &device);
     let t3 = t.clone().reshape([n, 1, 1]);
-    let cond = tensor::<B::InnerBackend, 2>(b.cond.clone(), [n, s], &device).unsqueeze_dim::<3>(2);
+    let cond = b.cond_mask::<B::InnerBackend>(&device);
     let free = cond.clone().neg() + 1.0;
     let eps = tensor::<B::InnerBackend, 3>(d.noise.clone(), [n, s, e], &device);
 

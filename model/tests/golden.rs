@@ -107,6 +107,12 @@ fn batch(g: &Golden) -> HostBatch {
     let (ids, shape) = g.get("batch/ids");
     let (n, s) = (shape[0], shape[1]);
     let cond = g.v("batch/cond");
+    let len = |name: &str| -> Vec<u32> {
+        g.v(name)
+            .chunks(s)
+            .map(|row| row.iter().sum::<f32>() as u32)
+            .collect()
+    };
     // pad_token = eos: every non-condition position counts; one shard.
     let m: Vec<f32> = cond.iter().map(|c| 1.0 - c).collect();
     let total: f32 = m.iter().sum();
@@ -114,8 +120,8 @@ fn batch(g: &Golden) -> HostBatch {
         n,
         s,
         ids: ids.iter().map(|&x| x as i32).collect(),
-        enc_mask: g.v("batch/enc_mask"),
-        cond,
+        cond_len: len("batch/cond"),
+        total_len: len("batch/valid"),
         label_drop: g.v("batch/label_drop"),
         weight: m.iter().map(|x| x / total.max(1.0)).collect(),
     }
@@ -158,7 +164,12 @@ fn t5_latents_match_hf_on_a_padded_conditional_batch() {
         TensorData::new(b.ids.clone(), [b.n, b.s]),
         &Default::default(),
     );
-    let mask = tensor::<Cpu, 3>(b.enc_mask.clone(), [b.n, b.s, b.s], &Default::default());
+    let mask = b.encoder_mask::<Cpu>(&Default::default());
+    assert_close(
+        "encoder mask (spec §2.4, label drop)",
+        &to_vec(mask.clone()),
+        &g.v("batch/enc_mask"),
+    );
     assert_close("latent", &to_vec(enc.forward(ids, mask)), &g.v("t5/latent"));
     let x0 = encode(&enc, &b, &params(&g), &Default::default());
     assert_close("x0 (normalised, label drop)", &to_vec(x0), &g.v("t5/x0"));

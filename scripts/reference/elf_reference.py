@@ -321,7 +321,7 @@ def main():
     batch = make_batch(gen)
     lat, x0 = encode(enc, batch)
     tensors.update({"batch/ids": batch["ids"].to(torch.float32), "batch/enc_mask": batch["enc_mask"],
-                    "batch/cond": batch["cond"], "batch/label_drop": batch["label_drop"],
+                    "batch/cond": batch["cond"], "batch/valid": batch["valid"], "batch/label_drop": batch["label_drop"],
                     "t5/latent": lat, "t5/x0": x0})
 
     # objective with fixed draws

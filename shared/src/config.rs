@@ -677,9 +677,30 @@ fn from_value<T: serde::de::DeserializeOwned>(
     value: Value,
     source: &str,
 ) -> Result<T, ConfigError> {
-    serde_yaml_ng::from_value(value).map_err(|e| ConfigError::Parse {
+    // Through JSON text, because serde_yaml_ng's `Value` deserializer does not report key paths.
+    let text = serde_json::to_string(&value).map_err(|e| ConfigError::Parse {
         path: source.to_string(),
         message: e.to_string(),
+    })?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let key = e.path().to_string();
+        // Drop serde_json's "at line 1 column N": positions in the JSON re-encoding mean nothing.
+        let inner = e.inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
+        let message = if key == "." {
+            inner
+        } else {
+            format!("{key}: {inner}")
+        };
+        ConfigError::Parse {
+            path: source.to_string(),
+            message,
+        }
     })
 }
 
