@@ -1,0 +1,242 @@
+//! The data layer of spec §3: dataset sources, the tokenizer and the collator.
+//!
+//! Every source gives random access by global row index with memory that does not grow with the
+//! dataset; which rows a step reads comes from `elf_shared::plan`.
+//!
+//! # Layout
+//! - [`source`]: byte-range access to local files and object stores.
+//! - [`arrow`]: HF `save_to_disk` folders (Arrow IPC stream shards).
+//! - [`parquet`]: parquet files and folders.
+//! - [`jsonl`]: JSONL, tokenised at load.
+//! - [`tokenizer`]: the bundled T5 tokenizer and any HF `tokenizer.json`.
+//! - [`collate`]: truncation, condition prepending, padding, loss weights (spec §3.3–3.4).
+//! - [`prepare`]: `elf data prepare`, text in, sharded tokenised dataset out.
+
+pub mod arrow;
+pub mod collate;
+pub mod jsonl;
+pub mod parquet;
+pub mod prepare;
+pub mod source;
+pub mod tokenizer;
+
+use std::sync::Arc;
+
+use source::Location;
+use tokenizer::TextTokenizer;
+
+/// Errors from reading datasets; each names the file (or URL) and the problem on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// An IO error.
+    #[error("{name}: {message}")]
+    Io {
+        /// File.
+        name: String,
+        /// What failed.
+        message: String,
+    },
+    /// A malformed file, a missing column, a wrong type.
+    #[error("{name}: {message}")]
+    Format {
+        /// File.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An object-store failure.
+    #[error("{name}: object store: {message}")]
+    Store {
+        /// URL.
+        name: String,
+        /// The store's message.
+        message: String,
+    },
+}
+
+impl DataError {
+    /// Wraps an IO error.
+    pub fn io(name: &str, e: std::io::Error) -> Self {
+        Self::Io {
+            name: name.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Reports a read past the end of a file.
+    pub fn truncated(name: &str, want: u64, len: u64) -> Self {
+        Self::Format {
+            name: name.into(),
+            message: format!("truncated: needs byte {want} but has {len}"),
+        }
+    }
+}
+
+/// One dataset row (spec §3.2).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    /// Target (or unconditional) token ids.
+    pub input_ids: Vec<u32>,
+    /// Condition token ids of conditional rows.
+    pub condition_input_ids: Option<Vec<u32>>,
+    /// Raw condition text (eval sets).
+    pub input: Option<String>,
+    /// Raw target text (eval sets; BLEU/ROUGE references).
+    pub target: Option<String>,
+    /// The row's index column.
+    pub index: Option<i64>,
+}
+
+/// Random access to rows by global index.
+pub trait Dataset: Send + Sync + std::fmt::Debug {
+    /// Returns the number of rows.
+    fn len(&self) -> u64;
+    /// Returns true when there are no rows.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads row `i` (`i < len`).
+    ///
+    /// # Errors
+    /// IO or format errors naming the file.
+    fn row(&self, i: u64) -> Result<Row, DataError>;
+    /// Returns a name for messages.
+    fn describe(&self) -> String;
+    /// Returns true when rows carry `condition_input_ids`.
+    fn is_conditional(&self) -> bool;
+}
+
+/// Several datasets (shards, files) as one, in order.
+#[derive(Debug)]
+pub struct Concat {
+    parts: Vec<Box<dyn Dataset>>,
+    starts: Vec<u64>,
+    rows: u64,
+    name: String,
+}
+
+impl Concat {
+    /// Joins `parts` in order; `name` describes the whole.
+    pub fn new(parts: Vec<Box<dyn Dataset>>, name: String) -> Self {
+        let mut starts = vec![];
+        let mut rows = 0;
+        for p in &parts {
+            starts.push(rows);
+            rows += p.len();
+        }
+        Self {
+            parts,
+            starts,
+            rows,
+            name,
+        }
+    }
+}
+
+impl Dataset for Concat {
+    fn len(&self) -> u64 {
+        self.rows
+    }
+    fn row(&self, i: u64) -> Result<Row, DataError> {
+        let k = self.starts.partition_point(|&s| s <= i) - 1;
+        self.parts[k].row(i - self.starts[k])
+    }
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+    fn is_conditional(&self) -> bool {
+        self.parts.iter().any(|p| p.is_conditional())
+    }
+}
+
+/// Opens a dataset from a path or URL: a `save_to_disk` folder, a `.arrow` stream file, parquet
+/// files or a folder of them, or JSONL files or a folder of them.
+///
+/// # Errors
+/// Unknown formats, empty datasets and every source error, naming the file.
+pub fn open_dataset(
+    spec: &str,
+    tokenizer: &Arc<TextTokenizer>,
+) -> Result<Box<dyn Dataset>, DataError> {
+    let loc = Location::parse(spec)?;
+    let name = loc.display();
+    let ds: Box<dyn Dataset> = if loc.is_dir() {
+        let names = loc.list()?;
+        let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
+        if names
+            .iter()
+            .any(|n| n == "state.json" || n == "dataset_dict.json")
+            || has(".arrow")
+        {
+            boxed(arrow::open_hf(&loc)?, name.clone())
+        } else if has(".parquet") {
+            let parts = names
+                .iter()
+                .filter(|n| n.ends_with(".parquet"))
+                .map(|n| {
+                    Ok(Box::new(parquet::ParquetFile::open(loc.join(n).open()?)?)
+                        as Box<dyn Dataset>)
+                })
+                .collect::<Result<Vec<_>, DataError>>()?;
+            Box::new(Concat::new(parts, name.clone()))
+        } else if has(".jsonl") {
+            let parts = names
+                .iter()
+                .filter(|n| n.ends_with(".jsonl"))
+                .map(|n| {
+                    Ok(Box::new(jsonl::JsonlFile::open(
+                        loc.join(n).open()?,
+                        tokenizer.clone(),
+                    )?) as Box<dyn Dataset>)
+                })
+                .collect::<Result<Vec<_>, DataError>>()?;
+            Box::new(Concat::new(parts, name.clone()))
+        } else {
+            return Err(DataError::Format {
+                name,
+                message: "no dataset here (expected state.json, .arrow, .parquet or .jsonl files)"
+                    .into(),
+            });
+        }
+    } else {
+        let file = loc.file_name();
+        if file.ends_with(".arrow") {
+            boxed(arrow::open_hf(&loc)?, name.clone())
+        } else if file.ends_with(".parquet") {
+            Box::new(parquet::ParquetFile::open(loc.open()?)?)
+        } else if file.ends_with(".jsonl") || file.ends_with(".json") {
+            Box::new(jsonl::JsonlFile::open(loc.open()?, tokenizer.clone())?)
+        } else if !loc.exists() {
+            return Err(DataError::Format {
+                name,
+                message: "no such file or folder".into(),
+            });
+        } else {
+            return Err(DataError::Format {
+                name,
+                message: "unknown dataset format (use .arrow, .parquet or .jsonl)".into(),
+            });
+        }
+    };
+    if ds.is_empty() {
+        return Err(DataError::Format {
+            name,
+            message: "the dataset is empty".into(),
+        });
+    }
+    Ok(ds)
+}
+
+fn boxed(streams: Vec<arrow::ArrowStream>, name: String) -> Box<dyn Dataset> {
+    if streams.len() == 1 {
+        Box::new(streams.into_iter().next().expect("one stream"))
+    } else {
+        Box::new(Concat::new(
+            streams
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn Dataset>)
+                .collect(),
+            name,
+        ))
+    }
+}

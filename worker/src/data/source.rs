@@ -1,0 +1,382 @@
+//! Byte-range access to local files and object-store objects, behind one trait.
+//!
+//! Datasets read rows with small range reads (`pread` locally, ranged GETs on object stores),
+//! so memory use does not grow with the dataset. URLs with a scheme (`file://`, `s3://`,
+//! `gs://`, `az://`, `memory://`) go through the `object_store` crate with credentials from
+//! each cloud's standard environment variables; plain paths are local files.
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use super::DataError;
+
+/// Random access to the bytes of one file or object.
+pub trait ByteSource: Send + Sync + std::fmt::Debug {
+    /// Returns the total size in bytes.
+    fn len(&self) -> u64;
+    /// Returns true for an empty file.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads `range`; fewer bytes than asked is an error (a truncated file).
+    ///
+    /// # Errors
+    /// IO failures and short reads, naming the source.
+    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError>;
+    /// Returns the name used in error messages.
+    fn name(&self) -> &str;
+}
+
+/// A local file read with `pread`.
+#[derive(Debug)]
+pub struct LocalFile {
+    file: File,
+    len: u64,
+    name: String,
+}
+
+impl LocalFile {
+    /// Opens `path`.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: &Path) -> Result<Self, DataError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|e| DataError::io(&name, e))?;
+        let len = file.metadata().map_err(|e| DataError::io(&name, e))?.len();
+        Ok(Self { file, len, name })
+    }
+}
+
+impl ByteSource for LocalFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError> {
+        if range.end > self.len {
+            return Err(DataError::truncated(&self.name, range.end, self.len));
+        }
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, range.start)
+            .map_err(|e| DataError::io(&self.name, e))?;
+        Ok(Bytes::from(buf))
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Returns the process-wide runtime used to drive object-store IO from synchronous code.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("elf-io")
+            .enable_all()
+            .build()
+            .expect("tokio runtime starts")
+    })
+}
+
+/// An object in an object store.
+#[derive(Debug)]
+pub struct StoreObject {
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    len: u64,
+    name: String,
+}
+
+impl ByteSource for StoreObject {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError> {
+        if range.end > self.len {
+            return Err(DataError::truncated(&self.name, range.end, self.len));
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let store = self.store.clone();
+        let path = self.path.clone();
+        runtime()
+            .block_on(async move { store.get_range(&path, range).await })
+            .map_err(|e| DataError::Store {
+                name: self.name.clone(),
+                message: e.to_string(),
+            })
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Where a dataset lives: a local path or a folder/object in an object store.
+#[derive(Debug, Clone)]
+pub enum Location {
+    /// A local file or folder.
+    Local(PathBuf),
+    /// An object-store prefix or object.
+    Store {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// The object or prefix inside it.
+        path: StorePath,
+        /// The URL, for messages.
+        url: String,
+    },
+}
+
+/// Builds an object store for a URL, reading credentials from the environment.
+///
+/// # Errors
+/// An unsupported scheme or a builder error, naming the URL.
+pub fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), DataError> {
+    let bad = |message: String| DataError::Store {
+        name: url.to_string(),
+        message,
+    };
+    let path = StorePath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        "az" | "azure" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+        "memory" => memory_store(),
+        other => {
+            return Err(bad(format!(
+                "unsupported URL scheme {other:?} (use file, s3, gs, az or memory)"
+            )));
+        }
+    };
+    Ok((store, path))
+}
+
+/// Returns the process-wide in-memory store behind `memory://` URLs.
+pub fn memory_store() -> Arc<dyn ObjectStore> {
+    static MEM: OnceLock<Arc<dyn ObjectStore>> = OnceLock::new();
+    MEM.get_or_init(|| Arc::new(object_store::memory::InMemory::new()))
+        .clone()
+}
+
+impl Location {
+    /// Parses a path or URL.
+    ///
+    /// # Errors
+    /// A malformed URL or an unsupported scheme.
+    pub fn parse(spec: &str) -> Result<Self, DataError> {
+        if !spec.contains("://") {
+            return Ok(Self::Local(PathBuf::from(spec)));
+        }
+        let url = url::Url::parse(spec).map_err(|e| DataError::Store {
+            name: spec.into(),
+            message: e.to_string(),
+        })?;
+        let (store, path) = store_for_url(&url)?;
+        Ok(Self::Store {
+            store,
+            path,
+            url: spec.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Returns the location for display.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Local(p) => p.display().to_string(),
+            Self::Store { url, .. } => url.clone(),
+        }
+    }
+
+    /// Returns a child location.
+    pub fn join(&self, name: &str) -> Self {
+        match self {
+            Self::Local(p) => Self::Local(p.join(name)),
+            Self::Store { store, path, url } => Self::Store {
+                store: store.clone(),
+                path: path.clone().join(name),
+                url: format!("{url}/{name}"),
+            },
+        }
+    }
+
+    /// Returns the last path segment.
+    pub fn file_name(&self) -> String {
+        match self {
+            Self::Local(p) => p
+                .file_name()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            Self::Store { path, .. } => path.filename().unwrap_or_default().to_string(),
+        }
+    }
+
+    /// Returns true when the location names an existing folder (or a non-empty prefix).
+    pub fn is_dir(&self) -> bool {
+        match self {
+            Self::Local(p) => p.is_dir(),
+            Self::Store { .. } => self.list().map(|v| !v.is_empty()).unwrap_or(false),
+        }
+    }
+
+    /// Returns true when the location names an existing file or object.
+    pub fn exists(&self) -> bool {
+        match self {
+            Self::Local(p) => p.exists(),
+            Self::Store { store, path, .. } => {
+                let (s, p) = (store.clone(), path.clone());
+                runtime().block_on(async move { s.head(&p).await }).is_ok()
+            }
+        }
+    }
+
+    /// Lists the names of the entries directly inside a folder, sorted.
+    ///
+    /// # Errors
+    /// IO or store errors.
+    pub fn list(&self) -> Result<Vec<String>, DataError> {
+        let mut names = match self {
+            Self::Local(p) => std::fs::read_dir(p)
+                .map_err(|e| DataError::io(&p.display().to_string(), e))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect::<Vec<_>>(),
+            Self::Store { store, path, url } => {
+                let (s, p) = (store.clone(), path.clone());
+                let listed = runtime()
+                    .block_on(async move { s.list_with_delimiter(Some(&p)).await })
+                    .map_err(|e| DataError::Store {
+                        name: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                listed
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.location.filename().map(str::to_string))
+                    .chain(
+                        listed
+                            .common_prefixes
+                            .iter()
+                            .filter_map(|p| p.filename().map(str::to_string)),
+                    )
+                    .collect()
+            }
+        };
+        names.sort();
+        Ok(names)
+    }
+
+    /// Opens the file or object for range reads.
+    ///
+    /// # Errors
+    /// Missing files or store errors.
+    pub fn open(&self) -> Result<Arc<dyn ByteSource>, DataError> {
+        match self {
+            Self::Local(p) => Ok(Arc::new(LocalFile::open(p)?)),
+            Self::Store { store, path, url } => {
+                let (s, p) = (store.clone(), path.clone());
+                let meta = runtime()
+                    .block_on(async move { s.head(&p).await })
+                    .map_err(|e| DataError::Store {
+                        name: url.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Arc::new(StoreObject {
+                    store: store.clone(),
+                    path: path.clone(),
+                    len: meta.size,
+                    name: url.clone(),
+                }))
+            }
+        }
+    }
+
+    /// Reads a whole (small) file or object.
+    ///
+    /// # Errors
+    /// As [`Location::open`].
+    pub fn read_all(&self) -> Result<Bytes, DataError> {
+        let src = self.open()?;
+        src.read(0..src.len())
+    }
+}
+
+/// Copies a local folder tree into an object store under `url` (used by tests and tools).
+///
+/// # Errors
+/// IO or store errors.
+pub fn upload_dir(local: &Path, url: &str) -> Result<(), DataError> {
+    let Location::Store { store, path, url } = Location::parse(url)? else {
+        return Err(DataError::Store {
+            name: url.into(),
+            message: "not an object-store URL".into(),
+        });
+    };
+    let mut stack = vec![(local.to_path_buf(), path)];
+    while let Some((dir, prefix)) = stack.pop() {
+        for e in
+            std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir.display().to_string(), e))?
+        {
+            let e = e.map_err(|e| DataError::io(&dir.display().to_string(), e))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            let child = prefix.clone().join(name.as_str());
+            if e.path().is_dir() {
+                stack.push((e.path(), child));
+            } else {
+                let data = std::fs::read(e.path())
+                    .map_err(|err| DataError::io(&e.path().display().to_string(), err))?;
+                let s = store.clone();
+                runtime()
+                    .block_on(async move { s.put(&child, data.into()).await })
+                    .map_err(|err| DataError::Store {
+                        name: url.clone(),
+                        message: err.to_string(),
+                    })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lists every object under a prefix (recursively); used to check uploads.
+///
+/// # Errors
+/// Store errors.
+pub fn list_recursive(
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+) -> Result<Vec<String>, DataError> {
+    let objs: Vec<_> = runtime()
+        .block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await })
+        .map_err(|e| DataError::Store {
+            name: "list".into(),
+            message: e.to_string(),
+        })?;
+    Ok(objs.into_iter().map(|o| o.location.to_string()).collect())
+}
