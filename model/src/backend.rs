@@ -11,3 +11,9 @@ pub type Cuda = burn::backend::Cuda;
 /// The CUDA backend with autodiff.
 #[cfg(feature = "cuda")]
 pub type CudaTrain = burn::backend::Autodiff<Cuda>;
+
+/// Returns true when tensors of `B` live in host memory (the CPU backends), where host kernels
+/// in [`crate::cpu`] beat burn's generic ops.
+pub fn is_host<B: burn::tensor::backend::Backend>(device: &B::Device) -> bool {
+    matches!(B::name(device).as_str(), "flex" | "ndarray")
+}

@@ -12,8 +12,10 @@
 //! - [`sampler`]: time grids, ODE/SDE steps, CFG, decoding (spec §5).
 //! - [`weights`]: named parameters in and out of safetensors files.
 //! - [`backend`]: the backend types the binaries use.
+//! - [`cpu`]: host kernels for the CPU backend (fused cross-entropy).
 
 pub mod backend;
+pub mod cpu;
 pub mod dims;
 pub mod elf;
 pub mod nn;

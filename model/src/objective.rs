@@ -8,7 +8,6 @@
 //! summing them over micro-batches and ranks gives the reference's mean of per-shard losses.
 
 use burn::module::AutodiffModule;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
 use elf_shared::config::{Config, TimeSchedule};
@@ -196,7 +195,8 @@ pub fn encode<B: Backend>(
 /// The loss of a micro-batch: the differentiable scalar and each sample's contribution.
 #[derive(Debug)]
 pub struct BranchLoss<B: Backend> {
-    /// `Σ weight · ℓ` over the micro-batch, differentiable.
+    /// A differentiable scalar whose gradient is that of `Σ weight · ℓ` over the micro-batch.
+    /// (For the decoder branch its *value* is a surrogate; read losses from `per_sample`.)
     pub total: Tensor<B, 1>,
     /// Per-sample `Σ_pos weight · ℓ` `[n]` on the host.
     pub per_sample: Vec<f32>,
@@ -300,17 +300,50 @@ pub fn decoder_loss<B: AutodiffBackend>(
         .logits
         .expect("decoder mode returns logits");
     let v = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([n * s, v]), 1);
-    let ids = Tensor::<B, 2, Int>::from_data(
+    let logits = logits.reshape([n * s, v]);
+    let ids = Tensor::<B::InnerBackend, 2, Int>::from_data(
         burn::tensor::TensorData::new(b.ids.clone(), [n * s, 1]),
-        &logp.device(),
+        &device,
     );
-    let nll = logp.gather(1, ids).neg().reshape([n, s]);
-    let weight = Tensor::<B, 2>::from_inner(tensor(b.weight.clone(), [n, s], &device));
-    let weighted = nll * weight;
-    let per_sample = per_sample_sums(weighted.clone().inner());
+    let weight = tensor::<B::InnerBackend, 2>(b.weight.clone(), [n * s, 1], &device);
+    let (nll, grad) = weighted_cross_entropy(logits.clone().inner(), ids, weight.clone());
+    // d(Σ logits ⊙ G)/d logits = G: the CE gradient enters autodiff without a log-softmax graph.
+    let surrogate = (logits * Tensor::from_inner(grad)).sum();
+    let per_sample = per_sample_sums((nll * weight).reshape([n, s]));
     BranchLoss {
-        total: weighted.sum(),
+        total: surrogate,
         per_sample,
     }
+}
+
+/// Cross-entropy from logits in one pass, without autodiff: per-row NLL and the gradient of
+/// `Σ_rows w · NLL` with respect to the logits, `w · (softmax − onehot)`, in fp32 (spec §4.8).
+///
+/// logits: `[rows, V]`, ids: `[rows, 1]`, w: `[rows, 1]` -> nll: `[rows, 1]`, grad: `[rows, V]`
+pub fn weighted_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    ids: Tensor<B, 2, Int>,
+    w: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let device = logits.device();
+    if crate::backend::is_host::<B>(&device) {
+        // Host memory already: one fused pass with a vectorised exp (see `cpu`).
+        let [rows, v] = logits.dims();
+        let mut z = crate::nn::to_vec(logits);
+        let ids: Vec<i64> = ids.into_data().convert::<i64>().to_vec().expect("int ids");
+        let w = crate::nn::to_vec(w);
+        let nll = crate::cpu::cross_entropy_rows(&mut z, v, &ids, &w);
+        return (
+            tensor(nll, [rows, 1], &device),
+            tensor(z, [rows, v], &device),
+        );
+    }
+    let m = logits.clone().max_dim(1);
+    let e = (logits.clone() - m.clone()).exp();
+    let sum = e.clone().sum_dim(1);
+    let lse = m + sum.clone().log();
+    let nll = lse - logits.gather(1, ids.clone());
+    let p = e * (w.clone() / sum);
+    let grad = p.scatter(1, ids, w.neg(), burn::tensor::IndexingUpdateOp::Add);
+    (nll, grad)
 }

@@ -170,6 +170,35 @@ impl TensorFile {
     }
 }
 
+impl TensorFile {
+    /// Returns integer tensor `name` (I64, I32 or an integral float) as i64, with its shape.
+    ///
+    /// # Errors
+    /// A missing tensor or another dtype.
+    pub fn get_i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>), WeightError> {
+        let st = self.st();
+        let view = st.tensor(name).map_err(|_| self.missing(name))?;
+        let shape = view.shape().to_vec();
+        let d = view.data();
+        let v = match view.dtype() {
+            Dtype::I64 => d
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                .collect(),
+            Dtype::I32 => d
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                .collect(),
+            _ => self
+                .get_f32(name, &shape)?
+                .into_iter()
+                .map(|x| x as i64)
+                .collect(),
+        };
+        Ok((v, shape))
+    }
+}
+
 /// An owned f32 tensor ready to be written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
@@ -341,12 +370,15 @@ pub fn named_host_params<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<Strin
         .collect()
 }
 
-struct Replace<'a, B: Backend> {
+/// A parameter rewrite: `(name, shape, flat value) -> new flat value`.
+pub type ParamFn<'a, B> = dyn FnMut(&str, &[usize], Tensor<B, 1>) -> Tensor<B, 1> + 'a;
+
+struct Replace<'a, 'f, B: Backend> {
     path: PathTracker,
-    f: &'a mut dyn FnMut(&str, &[usize], Tensor<B, 1>) -> Tensor<B, 1>,
+    f: &'a mut ParamFn<'f, B>,
 }
 
-impl<B: Backend> ModuleMapper<B> for Replace<'_, B> {
+impl<B: Backend> ModuleMapper<B> for Replace<'_, '_, B> {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.enter(name);
     }
@@ -368,10 +400,7 @@ impl<B: Backend> ModuleMapper<B> for Replace<'_, B> {
 }
 
 /// Rebuilds `module` with every parameter replaced by `f(name, shape, flat value)`.
-pub fn map_params<B: Backend, M: Module<B>>(
-    module: M,
-    f: &mut dyn FnMut(&str, &[usize], Tensor<B, 1>) -> Tensor<B, 1>,
-) -> M {
+pub fn map_params<B: Backend, M: Module<B>>(module: M, f: &mut ParamFn<'_, B>) -> M {
     let mut m = Replace {
         path: PathTracker { stack: vec![] },
         f,

@@ -321,7 +321,8 @@ pub struct Config {
     pub ema_decay1: f64,
 
     // ---- Sampling (spec §5) ----
-    /// Sampling YAML, resolved relative to the config file.
+    /// Sampling YAML, resolved relative to the config file; loaded into `sampling_configs`
+    /// (and cleared) when the config is resolved.
     pub sampling_configs_path: Option<String>,
     /// The sampling sweep (loaded from `sampling_configs_path` when set).
     pub sampling_configs: Vec<SamplingConfig>,
@@ -470,6 +471,18 @@ pub struct ResolvedConfig {
     pub base_dir: PathBuf,
 }
 
+impl ResolvedConfig {
+    /// Resolves a path or URL from the config: URLs pass through; relative paths are tried
+    /// against the config's folder, then the working directory (as given when in neither).
+    pub fn resolve(&self, p: &str) -> String {
+        if p.contains("://") {
+            return p.to_string();
+        }
+        resolve_relative(&self.base_dir, p)
+            .map_or_else(|| p.to_string(), |x| x.display().to_string())
+    }
+}
+
 impl fmt::Display for ConfigHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -527,6 +540,26 @@ impl Config {
                 ),
             })?;
             config.sampling_configs = load_sampling_configs(&file)?;
+            // The resolved config is self-contained: it is shipped to workers as bytes.
+            config.sampling_configs_path = None;
+        }
+        // Paths relative to the config's folder become absolute, so the resolved config means
+        // the same thing wherever it is read (workers, a resumed coordinator, `config check`).
+        for p in [
+            &mut config.data_path,
+            &mut config.eval_data_path,
+            &mut config.encoder_checkpoint,
+            &mut config.tokenizer_name,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !p.contains("://") && Path::new(p.as_str()).is_relative() {
+                let beside = base_dir.join(p.as_str());
+                if let Ok(abs) = beside.canonicalize() {
+                    *p = abs.display().to_string();
+                }
+            }
         }
         config.validate(source)?;
         Ok(ResolvedConfig {
@@ -597,7 +630,9 @@ impl Config {
             p.push("grad_accum_steps must be >= 1".into());
         }
         if self.train.branch_shard_size == 0
-            || self.global_batch_size % self.train.branch_shard_size != 0
+            || !self
+                .global_batch_size
+                .is_multiple_of(self.train.branch_shard_size)
         {
             p.push(format!(
                 "train.branch_shard_size ({}) must divide global_batch_size ({})",
@@ -752,8 +787,9 @@ fn apply_override(root: &mut Value, ov: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Resolves `p` against the config's folder first, then the working directory.
-fn resolve_relative(base_dir: &Path, p: &str) -> Option<PathBuf> {
+/// Resolves `p` against the config's folder first, then the working directory; `None` when it
+/// exists in neither.
+pub fn resolve_relative(base_dir: &Path, p: &str) -> Option<PathBuf> {
     let path = Path::new(p);
     if path.is_absolute() {
         return path.exists().then(|| path.to_path_buf());

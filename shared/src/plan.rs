@@ -91,7 +91,7 @@ impl Plan {
     /// # Errors
     /// A world size that does not divide the global batch.
     pub fn rank_positions(&self, world: u64, rank: u64) -> Result<std::ops::Range<u64>, PlanError> {
-        if world == 0 || self.batch % world != 0 {
+        if world == 0 || !self.batch.is_multiple_of(world) {
             return Err(PlanError::Indivisible {
                 world,
                 batch: self.batch,

@@ -1,0 +1,290 @@
+//! `elf bench`: performance measured against an anchor in the same run, reported as ratios.
+//!
+//! * `step`: our training step (T5 encoder + both branches in the reference's 80/20 mix, clip,
+//!   Muon/Adam, EMA) against the PyTorch anchor `scripts/bench/bench_torch.py` at the anchor's
+//!   tiny size and at ELF-B, L = 128, B = 4, both on this CPU.
+//! * `data`: collated tokens/s for the OWT shape from a prepared Arrow dataset on disk, on one
+//!   core, against 20x the token rate an H200 consumes for ELF-B (300k tokens/s unless given).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Subcommand;
+use elf_model::backend::CpuTrain;
+use elf_model::objective::{Branch, Draws, HostBatch, draw_sample};
+use elf_model::optim::Schedule;
+use elf_model::t5::T5Encoder;
+use elf_shared::config::{Config, EncoderDims, ModelDims};
+use elf_shared::seed::{Purpose, Stream};
+use elf_worker::batch::MicroBatch;
+use elf_worker::data::collate::Collator;
+use elf_worker::data::open_dataset;
+use elf_worker::data::prepare::{OutFormat, prepare};
+use elf_worker::data::tokenizer::TextTokenizer;
+use elf_worker::trainer::Trainer;
+use serde_json::Value;
+
+use crate::out;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// ms per training step and tokens/s on CPU, ours vs the PyTorch anchor, at two sizes.
+    Step {
+        /// Which sizes: tiny, base or both.
+        #[arg(long, default_value = "both")]
+        size: String,
+        /// Timed steps per branch mix (one in five is a decoder step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// The anchor script.
+        #[arg(long, default_value = "scripts/bench/bench_torch.py")]
+        anchor: PathBuf,
+        /// Skip the anchor (prints our figures only).
+        #[arg(long)]
+        no_anchor: bool,
+    },
+    /// Collated tokens/s from a prepared Arrow dataset at L = 1024, B = 32, on one core.
+    Data {
+        /// Rows to prepare (random token sequences of 1024 ids).
+        #[arg(long, default_value_t = 20_000)]
+        rows: u64,
+        /// Batches to time.
+        #[arg(long, default_value_t = 400)]
+        batches: u64,
+        /// Tokens/s an H200 consumes for ELF-B (the anchor's figure).
+        #[arg(long, default_value_t = 300_000.0)]
+        h200_tokens_per_s: f64,
+    },
+}
+
+/// Runs a benchmark.
+pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Step {
+            size,
+            steps,
+            anchor,
+            no_anchor,
+        } => {
+            let sizes: Vec<&str> = match size.as_str() {
+                "both" => vec!["tiny", "base"],
+                s @ ("tiny" | "base") => vec![s],
+                other => anyhow::bail!("--size: {other:?} is not tiny, base or both"),
+            };
+            for s in sizes {
+                bench_step(s, steps, (!no_anchor).then_some(anchor.as_path()))?;
+            }
+            Ok(())
+        }
+        BenchCmd::Data {
+            rows,
+            batches,
+            h200_tokens_per_s,
+        } => bench_data(rows, batches, h200_tokens_per_s),
+    }
+}
+
+/// The anchor's `Cfg` (train_owt_ELF-B values) as our config, at its tiny or ELF-B size.
+fn anchor_config(size: &str) -> (Config, usize, usize) {
+    let mut c = Config {
+        latent_std: 0.2,
+        denoiser_p_mean: -1.5,
+        denoiser_noise_scale: 2.0,
+        decoder_prob: 0.2,
+        decoder_noise_scale: 5.0,
+        blr: 0.001,
+        warmup_steps: 0,
+        ..Config::default()
+    };
+    let (l, b) = if size == "tiny" {
+        c.encoder = EncoderDims {
+            d_model: 64,
+            d_kv: 16,
+            num_heads: 4,
+            d_ff: 128,
+            num_layers: 2,
+            ..EncoderDims::default()
+        };
+        c.model_dims = Some(ModelDims {
+            hidden: 64,
+            depth: 2,
+            heads: 4,
+            mlp_ratio: 4.0,
+        });
+        (64, 8)
+    } else {
+        (128, 4)
+    };
+    c.max_length = l;
+    c.global_batch_size = b;
+    c.train.branch_shard_size = b;
+    (c, l, b)
+}
+
+fn micro_batch(c: &Config, branch: Branch, step: u64, vocab: u32) -> MicroBatch {
+    let (s, n) = (c.max_length, c.global_batch_size);
+    let mut ids_rng = Stream::new(0, Purpose::DataOrder, 99, step);
+    let mut draws = Draws::default();
+    for p in 0..n as u64 {
+        draw_sample(c, branch, step, p, s, c.encoder.d_model, &mut draws);
+    }
+    MicroBatch {
+        branch,
+        batch: HostBatch {
+            n,
+            s,
+            ids: (0..n * s)
+                .map(|_| ids_rng.below(vocab as u64) as i32)
+                .collect(),
+            cond_len: vec![0; n],
+            total_len: vec![s as u32; n],
+            label_drop: vec![0.0; n],
+            weight: vec![1.0 / (n * s) as f32; n * s],
+        },
+        draws,
+        positions: (0..n as u64).collect(),
+    }
+}
+
+fn bench_step(size: &str, steps: usize, anchor: Option<&Path>) -> anyhow::Result<()> {
+    let (c, l, b) = anchor_config(size);
+    let vocab = elf_model::dims::T5_VOCAB;
+    let device = Default::default();
+    let encoder = T5Encoder::random(&c.encoder, &device);
+    let mut tr = Trainer::<CpuTrain>::new(
+        c.clone(),
+        encoder,
+        vocab,
+        Schedule::from_config(&c, 1000, 1000),
+        device,
+    );
+    let mut step = |i: u64, branch: Branch| {
+        let mb = micro_batch(&c, branch, i, vocab as u32);
+        let t0 = Instant::now();
+        let (g, _) = tr.gradients(std::slice::from_ref(&mb));
+        tr.apply(g);
+        t0.elapsed().as_secs_f64() * 1e3
+    };
+    // Untimed warm-up: one of each branch, as the anchor does.
+    step(0, Branch::Denoiser);
+    step(1, Branch::Decoder);
+    let (mut den, mut dec) = (vec![], vec![]);
+    for i in 0..steps as u64 {
+        if i % 5 == 4 {
+            dec.push(step(2 + i, Branch::Decoder));
+        } else {
+            den.push(step(2 + i, Branch::Denoiser));
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let ours = 0.8 * mean(&den) + 0.2 * mean(&dec);
+    let tokens = (b * l) as f64;
+    let label = if size == "tiny" {
+        "tiny (H=64, D=2, T5 d=64x2)"
+    } else {
+        "ELF-B"
+    };
+    out::line(format!(
+        "bench step {label} B={b} L={l}: ours {ours:.1} ms/step ({:.0} tokens/s; denoiser {:.1} ms, decoder {:.1} ms)",
+        tokens / (ours / 1e3),
+        mean(&den),
+        mean(&dec)
+    ));
+    let Some(anchor) = anchor else { return Ok(()) };
+    let python = std::env::var("ELF_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = Command::new(&python);
+    cmd.arg(anchor)
+        .args(["--device", "cpu", "--batch", &b.to_string()]);
+    if size == "tiny" {
+        cmd.arg("--tiny");
+    } else {
+        cmd.args(["--seq-len", &l.to_string()]);
+    }
+    let o = cmd
+        .output()
+        .with_context(|| format!("running the anchor with {python}"))?;
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default()
+        .to_string();
+    let rec: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    match rec["step_ms"].as_f64() {
+        Some(torch_ms) if o.status.success() => out::line(format!(
+            "bench step {label} B={b} L={l}: torch {torch_ms:.1} ms/step ({} {}); ratio ours/torch = {:.2} (target <= 1.5)",
+            rec["torch_version"].as_str().unwrap_or("?"),
+            rec["precision"].as_str().unwrap_or(""),
+            ours / torch_ms
+        )),
+        _ => out::line(format!(
+            "bench step {label}: anchor failed ({python} {}): {}",
+            anchor.display(),
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("no output")
+        )),
+    }
+    Ok(())
+}
+
+fn bench_data(rows: u64, batches: u64, h200: f64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (l, b) = (1024usize, 32u64);
+    // A JSONL of space-separated numbers tokenises to long sequences; prepare then reads them.
+    let src = dir.path().join("src.jsonl");
+    let mut text = String::new();
+    let mut rng = Stream::new(0, Purpose::DataOrder, 7, 0);
+    for _ in 0..rows {
+        let words: Vec<String> = (0..700).map(|_| format!("w{}", rng.below(5000))).collect();
+        text.push_str(&serde_json::json!({"text": words.join(" ")}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(&src, text)?;
+    let tok = Arc::new(TextTokenizer::t5());
+    let out_dir = dir.path().join("prepared");
+    prepare(
+        &src,
+        &out_dir,
+        OutFormat::Arrow,
+        5_000,
+        &tok,
+        &mut |_, _, _| {},
+    )?;
+    let data = open_dataset(&out_dir.display().to_string(), &tok)?;
+    let c = Config {
+        max_length: l,
+        global_batch_size: b as usize,
+        ..Config::default()
+    };
+    let collator = Collator::from_config(&c, tok.vocab_size());
+    let plan = elf_shared::plan::Plan::new(data.len(), b, 0)?;
+    // One core: this thread only.
+    let start = Instant::now();
+    let mut tokens = 0u64;
+    let mut ids = Vec::with_capacity(b as usize * l);
+    for step in 0..batches {
+        ids.clear();
+        for p in 0..b {
+            let row = data.row(plan.row(step, p))?;
+            let col = collator.collate(&row).map_err(anyhow::Error::msg)?;
+            let mut m = vec![0f32; l];
+            collator.loss_mask(&col, &mut m);
+            ids.extend_from_slice(&col.ids);
+        }
+        tokens += (b as usize * l) as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let rate = tokens as f64 / secs;
+    out::line(format!(
+        "bench data L={l} B={b}: {rate:.0} collated tokens/s on one core; target 20 x {h200:.0} = {:.0}; ratio = {:.2} (target >= 1)",
+        20.0 * h200,
+        rate / (20.0 * h200)
+    ));
+    Ok(())
+}

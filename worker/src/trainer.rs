@@ -1,0 +1,261 @@
+//! One replica's training state and its two halves of a step: gradients of a rank's
+//! micro-batches, then (after the caller has summed gradients across ranks) clipping, the
+//! optimiser, and the EMA.
+//!
+//! Gradients leave the model as one flat host buffer in module order, which is what the
+//! collectives reduce and what global-norm clipping needs (burn's clipping is per tensor).
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use elf_model::dims::ElfDims;
+use elf_model::elf::Elf;
+use elf_model::nn::{tensor, to_vec};
+use elf_model::objective::{Branch, ObjectiveParams, decoder_loss, denoiser_loss, encode};
+use elf_model::optim::{Optimizer, Schedule, clip_global_norm, ema_update};
+use elf_model::t5::T5Encoder;
+use elf_model::weights::{flat_params, map_params, param_infos};
+use elf_shared::config::Config;
+use sha2::{Digest, Sha256};
+
+use crate::batch::MicroBatch;
+
+/// Loss parts of a rank's share of a step: sums of per-shard losses divided by the shard count,
+/// so summing them over ranks gives the reference's means.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossParts {
+    /// Mean over shards of the shard loss (this rank's part).
+    pub loss: f64,
+    /// CE shards' part of `loss`.
+    pub ce: f64,
+    /// L2 shards' part of `loss`.
+    pub l2: f64,
+}
+
+impl LossParts {
+    /// Adds another rank's parts.
+    pub fn add(&mut self, o: &LossParts) {
+        self.loss += o.loss;
+        self.ce += o.ce;
+        self.l2 += o.l2;
+    }
+
+    /// Returns `(ce_loss, l2_loss)` rescaled by the nominal branch probabilities (spec §4.9).
+    pub fn rescaled(&self, decoder_prob: f64) -> (f64, f64) {
+        let ce = if decoder_prob > 0.0 {
+            self.ce / decoder_prob
+        } else {
+            0.0
+        };
+        let l2 = if decoder_prob < 1.0 {
+            self.l2 / (1.0 - decoder_prob)
+        } else {
+            0.0
+        };
+        (ce, l2)
+    }
+}
+
+/// What applying a step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Applied {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate of the optimiser step (when one ran).
+    pub lr: f64,
+    /// Whether an optimiser step ran (false while accumulating `grad_accum_steps`).
+    pub stepped: bool,
+}
+
+/// A replica: live weights (autodiff), EMA weights, the frozen encoder and the optimiser.
+#[derive(Debug)]
+pub struct Trainer<B: AutodiffBackend> {
+    /// The resolved config.
+    pub config: Config,
+    /// Live weights.
+    pub model: Elf<B>,
+    /// EMA weights (used for sampling).
+    pub ema: Elf<B::InnerBackend>,
+    /// The frozen encoder.
+    pub encoder: T5Encoder<B::InnerBackend>,
+    /// Optimiser state.
+    pub optimizer: Optimizer<B::InnerBackend>,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Parameter shapes in module order.
+    pub shapes: Vec<Vec<usize>>,
+    accum: Vec<f32>,
+    accum_count: usize,
+    params: ObjectiveParams,
+    device: B::Device,
+}
+
+struct GradCollector<'a, B: AutodiffBackend> {
+    grads: &'a B::Gradients,
+    out: Vec<Tensor<B::InnerBackend, 1>>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let t = param.val();
+        let n = t.shape().num_elements();
+        let g = match t.grad(self.grads) {
+            Some(g) => g.reshape([n]),
+            None => Tensor::zeros([n], &self.device),
+        };
+        self.out.push(g);
+    }
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Builds a fresh replica: seeded ELF initialisation and the frozen encoder (`encoder` from
+    /// the config's checkpoint or a seeded random one).
+    pub fn new(
+        config: Config,
+        encoder: T5Encoder<B::InnerBackend>,
+        vocab: usize,
+        schedule: Schedule,
+        device: B::Device,
+    ) -> Self {
+        let dims = ElfDims::from_config(&config, vocab);
+        let model = Elf::<B>::init(&dims, config.seed, &device);
+        let ema = model.valid();
+        let shapes: Vec<Vec<usize>> = param_infos::<B, _>(&model)
+            .into_iter()
+            .map(|p| p.shape)
+            .collect();
+        let optimizer = Optimizer::new(&config, &shapes, &device);
+        let params = ObjectiveParams::from_config(&config);
+        Self {
+            config,
+            model,
+            ema,
+            encoder,
+            optimizer,
+            schedule,
+            shapes,
+            accum: vec![],
+            accum_count: 0,
+            params,
+            device,
+        }
+    }
+
+    /// Returns the number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Computes the summed gradient and loss parts of this rank's micro-batches.
+    pub fn gradients(&self, micro: &[MicroBatch]) -> (Vec<f32>, LossParts) {
+        let mut total: Option<Vec<f32>> = None;
+        let mut parts = LossParts::default();
+        for mb in micro {
+            let x0 = encode(&self.encoder, &mb.batch, &self.params, &self.device);
+            let loss = match mb.branch {
+                Branch::Denoiser => {
+                    denoiser_loss(&self.model, x0, &mb.batch, &mb.draws, &self.params)
+                }
+                Branch::Decoder => {
+                    decoder_loss(&self.model, x0, &mb.batch, &mb.draws, &self.params)
+                }
+            };
+            let sum: f64 = loss.per_sample.iter().map(|&x| x as f64).sum();
+            parts.loss += sum;
+            match mb.branch {
+                Branch::Denoiser => parts.l2 += sum,
+                Branch::Decoder => parts.ce += sum,
+            }
+            let grads = loss.total.backward();
+            let mut col = GradCollector::<B> {
+                grads: &grads,
+                out: vec![],
+                device: self.device.clone(),
+            };
+            self.model.visit(&mut col);
+            let flat = to_vec(Tensor::cat(col.out, 0));
+            match &mut total {
+                Some(t) => t.iter_mut().zip(&flat).for_each(|(a, b)| *a += b),
+                None => total = Some(flat),
+            }
+        }
+        let total = total.unwrap_or_else(|| vec![0.0; self.num_params()]);
+        (total, parts)
+    }
+
+    /// Clips the (rank-summed) gradient, accumulates `grad_accum_steps` of them, and when due
+    /// runs the optimiser and the EMA.
+    pub fn apply(&mut self, mut grads: Vec<f32>) -> Applied {
+        let grad_norm = clip_global_norm(&mut grads, 1.0);
+        let k = self.config.grad_accum_steps;
+        if k > 1 {
+            if self.accum.is_empty() {
+                self.accum = vec![0.0; grads.len()];
+            }
+            let inv = 1.0 / k as f32;
+            self.accum
+                .iter_mut()
+                .zip(&grads)
+                .for_each(|(a, g)| *a += g * inv);
+            self.accum_count += 1;
+            if self.accum_count < k {
+                return Applied {
+                    grad_norm,
+                    lr: self.schedule.lr(self.optimizer.count),
+                    stepped: false,
+                };
+            }
+            grads = std::mem::take(&mut self.accum);
+            self.accum_count = 0;
+        }
+        let lr = self.schedule.lr(self.optimizer.count);
+        let mut off = 0;
+        let g: Vec<Tensor<B::InnerBackend, 1>> = self
+            .shapes
+            .iter()
+            .map(|s| {
+                let n: usize = s.iter().product();
+                off += n;
+                tensor(grads[off - n..off].to_vec(), [n], &self.device)
+            })
+            .collect();
+        let live = flat_params::<B::InnerBackend, _>(&self.model.valid());
+        let new = self.optimizer.step(live, g, lr);
+        let mut i = 0;
+        self.model = map_params(self.model.clone(), &mut |_, _, _| {
+            i += 1;
+            Tensor::from_inner(new[i - 1].clone())
+        });
+        let decay = self.config.ema_decay1;
+        let mut j = 0;
+        self.ema = map_params(self.ema.clone(), &mut |_, _, old| {
+            j += 1;
+            ema_update(old, new[j - 1].clone(), decay)
+        });
+        Applied {
+            grad_norm,
+            lr,
+            stepped: true,
+        }
+    }
+
+    /// Returns the sha256 of the live parameters' bytes (equal on every replica at every step).
+    pub fn param_digest(&self) -> String {
+        digest::<B::InnerBackend, _>(&self.model.valid())
+    }
+}
+
+/// Returns the sha256 of a module's parameters in module order, as hex.
+pub fn digest<B: Backend, M: Module<B>>(m: &M) -> String {
+    let mut h = Sha256::new();
+    for t in flat_params::<B, M>(m) {
+        for v in to_vec(t) {
+            h.update(v.to_le_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
