@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Subcommand;
 use elf_model::backend::CpuTrain;
 use elf_model::objective::{Branch, Draws, HostBatch, draw_sample};
@@ -38,7 +39,7 @@ pub enum BenchCmd {
         #[arg(long, default_value = "both")]
         size: String,
         /// Timed steps per branch mix (one in five is a decoder step).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         steps: usize,
         /// The anchor script.
         #[arg(long, default_value = "scripts/bench/bench_torch.py")]
@@ -46,6 +47,9 @@ pub enum BenchCmd {
         /// Skip the anchor (prints our figures only).
         #[arg(long)]
         no_anchor: bool,
+        /// CPU backend: flex (default) or ndarray (needs `--features ndarray`).
+        #[arg(long, default_value = "flex")]
+        backend: String,
     },
     /// Collated tokens/s from a prepared Arrow dataset at L = 1024, B = 32, on one core.
     Data {
@@ -69,14 +73,23 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             steps,
             anchor,
             no_anchor,
+            backend,
         } => {
             let sizes: Vec<&str> = match size.as_str() {
                 "both" => vec!["tiny", "base"],
                 s @ ("tiny" | "base") => vec![s],
                 other => anyhow::bail!("--size: {other:?} is not tiny, base or both"),
             };
+            let anchor = (!no_anchor).then_some(anchor.as_path());
             for s in sizes {
-                bench_step(s, steps, (!no_anchor).then_some(anchor.as_path()))?;
+                match backend.as_str() {
+                    "flex" => bench_step::<CpuTrain>(s, steps, anchor)?,
+                    #[cfg(feature = "ndarray")]
+                    "ndarray" => bench_step::<elf_model::backend::NdArrayTrain>(s, steps, anchor)?,
+                    other => anyhow::bail!(
+                        "--backend {other}: not built in (flex, or ndarray with --features ndarray)"
+                    ),
+                }
             }
             Ok(())
         }
@@ -150,12 +163,20 @@ fn micro_batch(c: &Config, branch: Branch, step: u64, vocab: u32) -> MicroBatch 
     }
 }
 
-fn bench_step(size: &str, steps: usize, anchor: Option<&Path>) -> anyhow::Result<()> {
+fn bench_step<B: AutodiffBackend>(
+    size: &str,
+    steps: usize,
+    anchor: Option<&Path>,
+) -> anyhow::Result<()>
+where
+    B::Device: Default,
+{
     let (c, l, b) = anchor_config(size);
     let vocab = elf_model::dims::T5_VOCAB;
-    let device = Default::default();
+    let device = B::Device::default();
+    let backend_name = B::name(&device);
     let encoder = T5Encoder::random(&c.encoder, &device);
-    let mut tr = Trainer::<CpuTrain>::new(
+    let mut tr = Trainer::<B>::new(
         c.clone(),
         encoder,
         vocab,
@@ -183,11 +204,15 @@ fn bench_step(size: &str, steps: usize, anchor: Option<&Path>) -> anyhow::Result
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let ours = 0.8 * mean(&den) + 0.2 * mean(&dec);
     let tokens = (b * l) as f64;
-    let label = if size == "tiny" {
-        "tiny (H=64, D=2, T5 d=64x2)"
-    } else {
-        "ELF-B"
-    };
+    let label = format!(
+        "{} [{}]",
+        if size == "tiny" {
+            "tiny (H=64, D=2, T5 d=64x2)"
+        } else {
+            "ELF-B"
+        },
+        backend_name
+    );
     out::line(format!(
         "bench step {label} B={b} L={l}: ours {ours:.1} ms/step ({:.0} tokens/s; denoiser {:.1} ms, decoder {:.1} ms)",
         tokens / (ours / 1e3),

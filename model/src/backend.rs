@@ -5,6 +5,13 @@ pub type Cpu = burn::backend::Flex;
 /// The CPU backend with autodiff, for training.
 pub type CpuTrain = burn::backend::Autodiff<Cpu>;
 
+/// The ndarray CPU backend (measured against flex in BENCHMARKS.md).
+#[cfg(feature = "ndarray")]
+pub type NdArray = burn::backend::NdArray;
+/// The ndarray backend with autodiff.
+#[cfg(feature = "ndarray")]
+pub type NdArrayTrain = burn::backend::Autodiff<NdArray>;
+
 /// The CUDA backend.
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;

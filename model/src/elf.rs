@@ -319,18 +319,23 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let [batch, l, h] = x.dims();
         let hd = h / heads;
-        let qkv = self.qkv.forward(x);
-        let split = |i: usize| {
+        // One copy into [3·B·n_h, L, hd] (q, k, v blocks), then contiguous slices: the norms and
+        // RoPE below never iterate over strided views.
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([batch, l, 3, heads, hd])
+            .permute([2, 0, 3, 1, 4])
+            .reshape([3 * batch * heads, l, hd]);
+        let part = |i: usize| {
             qkv.clone()
-                .narrow(2, i * h, h)
-                .reshape([batch, l, heads, hd])
-                .swap_dims(1, 2)
+                .narrow(0, i * batch * heads, batch * heads)
+                .reshape([batch, heads, l, hd])
         };
-        let q = apply_rope(self.q_norm.forward(split(0)), cos, sin);
-        let k = apply_rope(self.k_norm.forward(split(1)), cos, sin);
-        let v = split(2);
+        let q = apply_rope(self.q_norm.forward(part(0)), cos, sin);
+        let k = apply_rope(self.k_norm.forward(part(1)), cos, sin);
         let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let out = softmax(scores, 3).matmul(v);
+        let out = softmax(scores, 3).matmul(part(2));
         self.proj
             .forward(out.swap_dims(1, 2).reshape([batch, l, h]))
     }
@@ -369,12 +374,23 @@ pub fn rope_tables<B: Backend>(
 
 /// Rotates adjacent pairs: `out[2k] = x[2k]·c − x[2k+1]·s`, `out[2k+1] = x[2k+1]·c + x[2k]·s`.
 ///
+/// The pair swap `(x[2k], x[2k+1]) -> (−x[2k+1], x[2k])` is a product with a fixed
+/// block-diagonal matrix, which keeps every operand contiguous.
+///
 /// x: `[batch, heads, L, hd]` -> same
 fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, nh, l, hd] = x.dims();
-    let pairs = x.clone().reshape([b, nh, l, hd / 2, 2]);
-    let even = pairs.clone().narrow(4, 0, 1);
-    let odd = pairs.narrow(4, 1, 1);
-    let rotated = Tensor::cat(vec![odd.neg(), even], 4).reshape([b, nh, l, hd]);
+    let mut r = vec![0f32; hd * hd];
+    for k in 0..hd / 2 {
+        // out[j] = Σ_i x[i] R[i, j]: out[2k] = −x[2k+1], out[2k+1] = x[2k].
+        r[(2 * k + 1) * hd + 2 * k] = -1.0;
+        r[(2 * k) * hd + 2 * k + 1] = 1.0;
+    }
+    let rot = tensor::<B, 2>(r, [hd, hd], &x.device());
+    let rotated = x
+        .clone()
+        .reshape([b * nh * l, hd])
+        .matmul(rot)
+        .reshape([b, nh, l, hd]);
     x * cos.clone() + rotated * sin.clone()
 }

@@ -8,6 +8,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use elf_shared::config::{Config, LrSchedule, OptimizerKind};
+use rayon::prelude::*;
 
 /// Newton–Schulz quintic coefficients `(a, b, c)` of optax's Muon.
 pub const NS_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
@@ -172,10 +173,12 @@ impl<B: Backend> Optimizer<B> {
         self.count += 1;
         let c = self.count as i32;
         let (b1w, b2w, wd) = (self.b1, self.b2, self.weight_decay);
+        // Parameters update independently; running them concurrently keeps both cores busy
+        // through the many mid-sized Newton–Schulz products (rayon nests with the matmuls').
         params
-            .into_iter()
+            .into_par_iter()
             .zip(grads)
-            .zip(self.states.iter_mut())
+            .zip(self.states.par_iter_mut())
             .map(|((p, g), st)| match st.rule {
                 Rule::Muon => {
                     let b = MUON_BETA;
@@ -224,13 +227,36 @@ pub fn newton_schulz<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 2> {
     let [rows, cols] = g.dims();
     let tall = rows > cols;
     let mut x = if tall { g.transpose() } else { g };
+    let (m, n) = (rows.min(cols), rows.max(cols));
     let norm = x.clone().square().sum().sqrt().into_scalar_f64();
     x = x / (norm + MUON_EPS);
     let (a, b, c) = NS_COEFFS;
-    for _ in 0..NS_STEPS {
-        let m = x.clone().matmul(x.clone().transpose());
-        let poly = m.clone() * b + m.clone().matmul(m) * c;
-        x = x.clone() * a + poly.matmul(x);
+    if 2 * n > 3 * m {
+        // Every iterate is X_k = Q_k X_0 with Q_k a polynomial in A_0 = X_0 X_0ᵀ (m × m), so the
+        // iteration can run on m × m matrices: M_k = aI + bA_k + cA_k², Q ← M_k Q,
+        // A_{k+1} = M_k² A_k (all commute), then X = Q X_0. Exact in exact arithmetic. Cost in
+        // m³ products: 2n/m + 17 instead of 5(2n/m + 1), so it wins for n > 1.5 m (the ELF-B
+        // unembedding: 4.7x fewer FLOPs; qkv 1.5x).
+        let eye = Tensor::<B, 2>::eye(m, &x.device());
+        let mut aa = x.clone().matmul(x.clone().transpose());
+        let mut q: Option<Tensor<B, 2>> = None;
+        for k in 0..NS_STEPS {
+            let mm = eye.clone() * a + aa.clone() * b + aa.clone().matmul(aa.clone()) * c;
+            q = Some(match q {
+                None => mm.clone(),
+                Some(q) => mm.clone().matmul(q),
+            });
+            if k + 1 < NS_STEPS {
+                aa = mm.clone().matmul(mm).matmul(aa);
+            }
+        }
+        x = q.expect("NS_STEPS > 0").matmul(x);
+    } else {
+        for _ in 0..NS_STEPS {
+            let mm = x.clone().matmul(x.clone().transpose());
+            let poly = mm.clone() * b + mm.clone().matmul(mm) * c;
+            x = x.clone() * a + poly.matmul(x);
+        }
     }
     if tall { x.transpose() } else { x }
 }
