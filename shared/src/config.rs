@@ -210,6 +210,34 @@ impl Default for TrainSection {
     }
 }
 
+/// How the cluster runs: quorum size, liveness and collective settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Training workers the coordinator waits for before the first step (`--workers` overrides).
+    pub workers: usize,
+    /// Interval between worker heartbeats.
+    pub heartbeat_ms: u64,
+    /// A worker silent for this long is evicted.
+    pub heartbeat_timeout_ms: u64,
+    /// A collective that makes no progress for this long fails (never a hang).
+    pub collective_timeout_ms: u64,
+    /// All-reduce bucket size in MiB.
+    pub bucket_mib: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            heartbeat_ms: 500,
+            heartbeat_timeout_ms: 5000,
+            collective_timeout_ms: 30_000,
+            bucket_mib: 4,
+        }
+    }
+}
+
 /// The resolved run configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -382,6 +410,8 @@ pub struct Config {
     pub model_dims: Option<ModelDims>,
     /// Training-loop settings.
     pub train: TrainSection,
+    /// Cluster settings.
+    pub cluster: ClusterSection,
 }
 
 impl Default for Config {
@@ -456,6 +486,7 @@ impl Default for Config {
             encoder: EncoderDims::default(),
             model_dims: None,
             train: TrainSection::default(),
+            cluster: ClusterSection::default(),
         }
     }
 }
@@ -638,6 +669,17 @@ impl Config {
                 "train.branch_shard_size ({}) must divide global_batch_size ({})",
                 self.train.branch_shard_size, self.global_batch_size
             ));
+        }
+        if self.cluster.workers == 0
+            || self.cluster.bucket_mib == 0
+            || self.cluster.heartbeat_ms == 0
+        {
+            p.push(
+                "cluster.workers, cluster.bucket_mib and cluster.heartbeat_ms must be >= 1".into(),
+            );
+        }
+        if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_ms {
+            p.push("cluster.heartbeat_timeout_ms must exceed cluster.heartbeat_ms".into());
         }
         if self.train.micro_batch_size == Some(0) {
             p.push("train.micro_batch_size must be >= 1".into());

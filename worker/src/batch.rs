@@ -12,8 +12,8 @@ use elf_shared::config::Config;
 use elf_shared::plan::Plan;
 use elf_shared::seed::{Purpose, Stream};
 
-use crate::data::collate::Collator;
-use crate::data::{DataError, Dataset};
+use elf_data::collate::Collator;
+use elf_data::{DataError, Dataset};
 
 /// One micro-batch of a single branch, ready for the objective.
 #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@ use elf_model::sampler::{
 use elf_model::t5::T5Encoder;
 use elf_shared::config::{Config, SamplingConfig};
 
-use crate::data::Row;
-use crate::data::collate::Collator;
+use elf_data::Row;
+use elf_data::collate::Collator;
 
 /// The EOS id of the T5 vocabulary.
 pub const EOS: i64 = 1;

@@ -1,14 +1,12 @@
 //! The ELF worker: data loading, the training step and generation, on top of `elf-model`.
 //!
 //! # Layout
-//! - [`data`]: dataset sources, tokenizer, collator and `elf data prepare`.
 //! - [`batch`]: a rank's share of a global batch: rows, branch coins, draws, loss weights.
 //! - [`trainer`]: a replica's state; gradients, then clip/optimiser/EMA.
 //! - [`generate`]: sampling and post-processing from the EMA weights.
 //! - [`setup`]: building a replica and its data from a resolved config.
 
 pub mod batch;
-pub mod data;
 pub mod generate;
 pub mod setup;
 pub mod trainer;

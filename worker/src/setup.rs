@@ -11,9 +11,9 @@ use elf_model::t5::T5Encoder;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::plan::Plan;
 
-use crate::data::collate::Collator;
-use crate::data::tokenizer::TextTokenizer;
-use crate::data::{Dataset, open_dataset};
+use elf_data::collate::Collator;
+use elf_data::tokenizer::TextTokenizer;
+use elf_data::{Dataset, open_dataset};
 
 /// The data side of a run.
 #[derive(Debug)]

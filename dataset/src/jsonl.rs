@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::source::ByteSource;
-use super::tokenizer::TextTokenizer;
-use super::{DataError, Dataset, Row};
+use crate::source::ByteSource;
+use crate::tokenizer::TextTokenizer;
+use crate::{DataError, Dataset, Row};
 
 #[derive(Debug, Deserialize)]
 struct Line {

@@ -20,8 +20,8 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::file::reader::{ChunkReader, Length};
 
-use super::source::ByteSource;
-use super::{DataError, Dataset, Row};
+use crate::source::ByteSource;
+use crate::{DataError, Dataset, Row};
 
 /// A [`ByteSource`] as parquet's chunk reader.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use super::DataError;
+use crate::DataError;
 
 /// Random access to the bytes of one file or object.
 pub trait ByteSource: Send + Sync + std::fmt::Debug {

@@ -1,4 +1,5 @@
-//! The data layer of spec §3: dataset sources, the tokenizer and the collator.
+//! The data layer of spec §3: dataset sources, the tokenizer, the collator and `elf data
+//! prepare`. No tensors: the coordinator uses it to size the sample plan, workers to read rows.
 //!
 //! Every source gives random access by global row index with memory that does not grow with the
 //! dataset; which rows a step reads comes from `elf_shared::plan`.

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use super::DataError;
+use crate::DataError;
 
 /// The t5-small tokenizer, compiled into the binary (see `assets/t5/README.md`).
-const T5_JSON: &[u8] = include_bytes!("../../../assets/t5/tokenizer.json");
+const T5_JSON: &[u8] = include_bytes!("../../assets/t5/tokenizer.json");
 
 /// A loaded tokenizer.
 #[derive(Debug)]

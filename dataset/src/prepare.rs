@@ -17,8 +17,8 @@ use arrow_schema::{DataType, Field, Schema};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::DataError;
-use super::tokenizer::TextTokenizer;
+use crate::DataError;
+use crate::tokenizer::TextTokenizer;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,7 +252,7 @@ fn write_shard(
 }
 
 fn existing_rows(path: &Path, tokenizer: &Arc<TextTokenizer>) -> Option<u64> {
-    super::open_dataset(&path.display().to_string(), tokenizer)
+    crate::open_dataset(&path.display().to_string(), tokenizer)
         .ok()
         .map(|d| d.len())
 }

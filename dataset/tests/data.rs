@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use elf_worker::data::source::upload_dir;
-use elf_worker::data::tokenizer::TextTokenizer;
-use elf_worker::data::{Dataset, Row, open_dataset};
+use elf_data::source::upload_dir;
+use elf_data::tokenizer::TextTokenizer;
+use elf_data::{Dataset, Row, open_dataset};
 use serde_json::Value;
 
 struct Fixtures {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use arrow_ipc::{MessageHeader, root_as_message};
 use arrow_schema::{DataType, Field, Schema};
 
-use super::source::{ByteSource, Location};
-use super::{DataError, Dataset, Row};
+use crate::source::{ByteSource, Location};
+use crate::{DataError, Dataset, Row};
 
 /// Where one buffer lies in the file.
 #[derive(Debug, Clone, Copy)]

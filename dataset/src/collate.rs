@@ -3,7 +3,7 @@
 
 use elf_shared::config::{Config, PadToken};
 
-use super::Row;
+use crate::Row;
 
 /// Turns rows into fixed-length sequences.
 #[derive(Debug, Clone)]

@@ -1,0 +1,450 @@
+//! The coordinator's decisions as pure functions of its state and `now`.
+//!
+//! Membership: workers register with an id and the address of their collective; the first
+//! quorum forms when `expected` training workers are present, ranked by worker id. Steps: every
+//! member of the quorum gets the same step with its rank, the ring of peers, its slice of the
+//! global batch (from the sample plan) and the learning rate; a step commits when every rank
+//! reported it with the same parameter digest (the data-parallel invariant). Liveness: a
+//! member silent for longer than the heartbeat timeout is evicted, which (until elastic
+//! recovery lands) fails the run with a reason naming the worker.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use elf_shared::plan::Plan;
+use elf_shared::proto::{step_directive::Kind, RegisterRequest, StepDirective, StepReport, PROTOCOL_VERSION};
+use elf_shared::schedule::Schedule;
+
+/// A registered worker.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Device it trains on.
+    pub device: String,
+    /// Address of its collective.
+    pub addr: String,
+    /// `train` or `eval`.
+    pub role: String,
+    /// Last time it was heard from.
+    pub last_seen: Instant,
+    /// Last step it finished.
+    pub step: Option<u64>,
+}
+
+/// The workers training together, in rank order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quorum {
+    /// Increases whenever membership changes.
+    pub id: u64,
+    /// Worker ids by rank.
+    pub ranks: Vec<String>,
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Waiting for workers.
+    Forming,
+    /// Training.
+    Running,
+    /// Every step committed.
+    Done,
+    /// Stopped; the reason names the worker or step.
+    Failed(String),
+}
+
+/// A committed step, for the driver to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// The step.
+    pub step: u64,
+    /// Quorum that trained it.
+    pub quorum: Quorum,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Every rank's report, in rank order.
+    pub reports: Vec<StepReport>,
+}
+
+/// Fixed facts of the run.
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    /// Training workers to wait for.
+    pub expected: usize,
+    /// Steps in the run.
+    pub total_steps: u64,
+    /// The sample plan.
+    pub plan: Plan,
+    /// Learning rate by optimiser step.
+    pub schedule: Schedule,
+    /// Global batches per optimiser step.
+    pub grad_accum: u64,
+    /// Branch shard size (a rank's slice must hold whole shards).
+    pub shard: u64,
+    /// Eviction threshold.
+    pub heartbeat_timeout: Duration,
+}
+
+/// The coordinator's state.
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    facts: RunFacts,
+    members: BTreeMap<String, Member>,
+    quorum: Option<Quorum>,
+    next_quorum_id: u64,
+    step: u64,
+    reports: BTreeMap<u32, StepReport>,
+    phase: Phase,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl ClusterState {
+    /// Starts a run at step `start`.
+    pub fn new(facts: RunFacts, start: u64) -> Self {
+        let phase = if start >= facts.total_steps { Phase::Done } else { Phase::Forming };
+        Self { facts, members: BTreeMap::new(), quorum: None, next_quorum_id: 1, step: start, reports: BTreeMap::new(), phase }
+    }
+
+    /// Returns the phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Returns the next step to commit.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Returns the run facts.
+    pub fn facts(&self) -> &RunFacts {
+        &self.facts
+    }
+
+    /// Returns the current quorum.
+    pub fn quorum(&self) -> Option<&Quorum> {
+        self.quorum.as_ref()
+    }
+
+    /// Returns the members by id.
+    pub fn members(&self) -> &BTreeMap<String, Member> {
+        &self.members
+    }
+
+    /// Admits a worker (or re-admits one with the same id).
+    ///
+    /// # Errors
+    /// A protocol mismatch, a second registration while running, or a finished run.
+    pub fn register(&mut self, now: Instant, r: &RegisterRequest) -> Result<(), Refused> {
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Refused(format!(
+                "worker {} speaks protocol {}, the coordinator speaks {PROTOCOL_VERSION}",
+                r.worker_id, r.protocol_version
+            )));
+        }
+        if r.worker_id.is_empty() {
+            return Err(Refused("empty worker id".into()));
+        }
+        if let Phase::Failed(why) = &self.phase {
+            return Err(Refused(format!("the run has failed: {why}")));
+        }
+        let in_quorum = self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&r.worker_id));
+        if self.phase == Phase::Running && !in_quorum && r.role != "eval" {
+            return Err(Refused(format!(
+                "worker {} joined a running quorum of {}; elastic joins are not supported yet",
+                r.worker_id,
+                self.quorum.as_ref().map_or(0, |q| q.ranks.len())
+            )));
+        }
+        self.members.insert(
+            r.worker_id.clone(),
+            Member { device: r.device.clone(), addr: r.collective_addr.clone(), role: r.role.clone(), last_seen: now, step: None },
+        );
+        self.maybe_form();
+        Ok(())
+    }
+
+    fn maybe_form(&mut self) {
+        if self.phase != Phase::Forming {
+            return;
+        }
+        let trainers: Vec<String> = self.members.iter().filter(|(_, m)| m.role != "eval").map(|(id, _)| id.clone()).collect();
+        if trainers.len() < self.facts.expected {
+            return;
+        }
+        let ranks: Vec<String> = trainers.into_iter().take(self.facts.expected).collect();
+        self.quorum = Some(Quorum { id: self.next_quorum_id, ranks });
+        self.next_quorum_id += 1;
+        self.phase = Phase::Running;
+    }
+
+    /// Records a heartbeat; returns false for an unknown worker (it must register again).
+    pub fn heartbeat(&mut self, now: Instant, id: &str) -> bool {
+        match self.members.get_mut(id) {
+            Some(m) => {
+                m.last_seen = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evicts silent members; returns a reason for each eviction.
+    pub fn tick(&mut self, now: Instant) -> Vec<String> {
+        let timeout = self.facts.heartbeat_timeout;
+        let dead: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_seen) > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut reasons = vec![];
+        for id in dead {
+            self.members.remove(&id);
+            let why = format!("worker {id} missed heartbeats for more than {} ms", timeout.as_millis());
+            if self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&id)) && self.phase == Phase::Running {
+                self.phase = Phase::Failed(format!("{why} at step {}", self.step));
+            }
+            reasons.push(why);
+        }
+        reasons
+    }
+
+    fn wait(reason: String) -> StepDirective {
+        StepDirective { kind: Kind::Wait as i32, reason, ..Default::default() }
+    }
+
+    /// Returns what worker `id` should do after finishing `after` (`None`: nothing yet).
+    pub fn directive(&self, id: &str, after: Option<u64>) -> StepDirective {
+        let total = self.facts.total_steps;
+        match &self.phase {
+            Phase::Failed(why) => {
+                return StepDirective { kind: Kind::Stop as i32, reason: why.clone(), total_steps: total, ..Default::default() };
+            }
+            Phase::Done => {
+                return StepDirective { kind: Kind::Done as i32, step: self.step, total_steps: total, ..Default::default() };
+            }
+            Phase::Forming => {
+                let have = self.members.values().filter(|m| m.role != "eval").count();
+                return Self::wait(format!("waiting for {} workers, {have} registered", self.facts.expected));
+            }
+            Phase::Running => {}
+        }
+        let q = self.quorum.as_ref().expect("running has a quorum");
+        let Some(rank) = q.ranks.iter().position(|r| r == id) else {
+            return StepDirective { kind: Kind::Stop as i32, reason: format!("worker {id} is not in the quorum"), ..Default::default() };
+        };
+        let ready = match after {
+            None => true,
+            Some(a) => a + 1 == self.step,
+        };
+        if !ready || self.reports.contains_key(&(rank as u32)) {
+            return Self::wait(format!("step {} in flight", self.step));
+        }
+        let world = q.ranks.len() as u64;
+        let slice = self.facts.plan.rank_slice(self.step, world, rank as u64).expect("world divides the batch (checked at start)");
+        StepDirective {
+            kind: Kind::Train as i32,
+            step: self.step,
+            quorum_id: q.id,
+            world_size: world as u32,
+            rank: rank as u32,
+            peers: q.ranks.iter().map(|r| self.members.get(r).map_or_else(String::new, |m| m.addr.clone())).collect(),
+            first_position: slice.first().map_or(0, |x| x.0),
+            rows: slice.iter().map(|x| x.1).collect(),
+            lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
+            reason: String::new(),
+            total_steps: total,
+        }
+    }
+
+    /// Takes a step report; returns the commit when it completed the step.
+    ///
+    /// # Errors
+    /// A report for another step or quorum, or from a worker outside the quorum.
+    pub fn report(&mut self, now: Instant, r: StepReport) -> Result<Option<Commit>, Refused> {
+        if let Some(m) = self.members.get_mut(&r.worker_id) {
+            m.last_seen = now;
+        }
+        let q = match (&self.phase, &self.quorum) {
+            (Phase::Running, Some(q)) => q.clone(),
+            (Phase::Failed(why), _) => return Err(Refused(format!("the run has failed: {why}"))),
+            _ => return Err(Refused("no step is running".into())),
+        };
+        if r.quorum_id != q.id || r.step != self.step || q.ranks.get(r.rank as usize) != Some(&r.worker_id) {
+            return Err(Refused(format!(
+                "stale report from {} (step {}, quorum {}, rank {}); expected step {} of quorum {}",
+                r.worker_id, r.step, r.quorum_id, r.rank, self.step, q.id
+            )));
+        }
+        if !r.error.is_empty() {
+            self.phase = Phase::Failed(format!("worker {} failed step {}: {}", r.worker_id, r.step, r.error));
+            return Ok(None);
+        }
+        self.reports.insert(r.rank, r);
+        if self.reports.len() < q.ranks.len() {
+            return Ok(None);
+        }
+        let reports: Vec<StepReport> = std::mem::take(&mut self.reports).into_values().collect();
+        let digest = &reports[0].param_digest;
+        if let Some(bad) = reports.iter().find(|x| &x.param_digest != digest) {
+            self.phase = Phase::Failed(format!(
+                "replicas diverged at step {}: rank {} has digest {} but rank 0 has {}",
+                self.step, bad.rank, bad.param_digest, digest
+            ));
+            return Ok(None);
+        }
+        for x in &reports {
+            if let Some(m) = self.members.get_mut(&x.worker_id) {
+                m.step = Some(x.step);
+            }
+        }
+        let commit = Commit { step: self.step, quorum: q, lr: self.facts.schedule.lr(self.step / self.facts.grad_accum), reports };
+        self.step += 1;
+        if self.step >= self.facts.total_steps {
+            self.phase = Phase::Done;
+        }
+        Ok(Some(commit))
+    }
+
+    /// Marks the run failed (used by the driver for errors outside the protocol).
+    pub fn fail(&mut self, why: String) {
+        self.phase = Phase::Failed(why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elf_shared::config::Config;
+
+    fn facts(expected: usize, total: u64) -> RunFacts {
+        let c = Config { lr: Some(1.0), warmup_steps: 4, ..Config::default() };
+        RunFacts {
+            expected,
+            total_steps: total,
+            plan: Plan::new(64, 8, 0).unwrap(),
+            schedule: Schedule::from_config(&c, 8, total),
+            grad_accum: 1,
+            shard: 2,
+            heartbeat_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn member(id: &str) -> RegisterRequest {
+        RegisterRequest {
+            worker_id: id.into(),
+            device: "cpu".into(),
+            collective_addr: format!("127.0.0.1:{}", id.len()),
+            role: "train".into(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    fn report(d: &StepDirective, id: &str, digest: &str) -> StepReport {
+        StepReport {
+            worker_id: id.into(),
+            step: d.step,
+            quorum_id: d.quorum_id,
+            rank: d.rank,
+            param_digest: digest.into(),
+            loss: 1.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quorum_forms_when_expected_workers_register_ranked_by_id() {
+        let now = Instant::now();
+        let mut s = ClusterState::new(facts(2, 3), 0);
+        s.register(now, &member("w1")).unwrap();
+        let d = s.directive("w1", None);
+        assert_eq!(d.kind, Kind::Wait as i32);
+        assert_eq!(d.reason, "waiting for 2 workers, 1 registered");
+        s.register(now, &member("w0")).unwrap();
+        assert_eq!(s.quorum().unwrap().ranks, vec!["w0", "w1"]);
+        let d0 = s.directive("w0", None);
+        let d1 = s.directive("w1", None);
+        assert_eq!((d0.kind, d0.rank, d1.rank), (Kind::Train as i32, 0, 1));
+        assert_eq!(d0.rows.len(), 4);
+        assert_eq!((d0.first_position, d1.first_position), (0, 4));
+        let all: Vec<u64> = d0.rows.iter().chain(&d1.rows).copied().collect();
+        assert_eq!(all, s.facts().plan.global_batch(0));
+        assert_eq!(d0.lr, 0.0, "first update has lr 0 during warmup");
+    }
+
+    #[test]
+    fn a_step_commits_only_when_every_rank_reported_the_same_digest() {
+        let now = Instant::now();
+        let mut s = ClusterState::new(facts(2, 2), 0);
+        s.register(now, &member("a")).unwrap();
+        s.register(now, &member("b")).unwrap();
+        let (da, db) = (s.directive("a", None), s.directive("b", None));
+        assert_eq!(s.report(now, report(&da, "a", "x")).unwrap(), None);
+        assert_eq!(s.directive("a", Some(0)).reason, "step 0 in flight");
+        let c = s.report(now, report(&db, "b", "x")).unwrap().unwrap();
+        assert_eq!((c.step, c.reports.len()), (0, 2));
+        let d = s.directive("a", Some(0));
+        assert_eq!((d.kind, d.step), (Kind::Train as i32, 1));
+        assert_eq!(d.lr, 0.25);
+        let db = s.directive("b", Some(0));
+        s.report(now, report(&d, "a", "y")).unwrap();
+        s.report(now, report(&db, "b", "z")).unwrap();
+        match s.phase() {
+            Phase::Failed(why) => assert!(why.starts_with("replicas diverged at step 1: rank 1"), "{why}"),
+            p => panic!("{p:?}"),
+        }
+        assert_eq!(s.directive("a", Some(1)).kind, Kind::Stop as i32);
+    }
+
+    #[test]
+    fn the_last_commit_finishes_the_run() {
+        let now = Instant::now();
+        let mut s = ClusterState::new(facts(1, 1), 0);
+        s.register(now, &member("solo")).unwrap();
+        let d = s.directive("solo", None);
+        assert_eq!(d.world_size, 1);
+        assert_eq!(d.rows.len(), 8);
+        s.report(now, report(&d, "solo", "x")).unwrap().unwrap();
+        assert_eq!(s.phase(), &Phase::Done);
+        assert_eq!(s.directive("solo", Some(0)).kind, Kind::Done as i32);
+    }
+
+    #[test]
+    fn silence_evicts_and_fails_the_run_naming_the_worker() {
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(facts(2, 5), 0);
+        s.register(t0, &member("a")).unwrap();
+        s.register(t0, &member("b")).unwrap();
+        let t1 = t0 + Duration::from_secs(3);
+        assert!(s.heartbeat(t1, "a"));
+        assert!(s.tick(t1).is_empty());
+        let t2 = t0 + Duration::from_secs(6);
+        let why = s.tick(t2);
+        assert_eq!(why, vec!["worker b missed heartbeats for more than 5000 ms"]);
+        assert_eq!(s.phase(), &Phase::Failed("worker b missed heartbeats for more than 5000 ms at step 0".into()));
+        assert!(!s.heartbeat(t2, "b"));
+    }
+
+    #[test]
+    fn bad_registrations_and_stale_reports_are_refused_with_reasons() {
+        let now = Instant::now();
+        let mut s = ClusterState::new(facts(1, 3), 0);
+        let mut old = member("x");
+        old.protocol_version = 0;
+        assert_eq!(s.register(now, &old).unwrap_err().0, "worker x speaks protocol 0, the coordinator speaks 1");
+        s.register(now, &member("a")).unwrap();
+        let e = s.register(now, &member("late")).unwrap_err().0;
+        assert!(e.contains("elastic joins are not supported yet"), "{e}");
+        let d = s.directive("a", None);
+        let mut r = report(&d, "a", "x");
+        r.step = 7;
+        assert!(s.report(now, r).unwrap_err().0.starts_with("stale report from a (step 7"));
+        let mut r = report(&d, "a", "x");
+        r.error = "peer rank 1 closed the connection".into();
+        s.report(now, r).unwrap();
+        assert_eq!(s.phase(), &Phase::Failed("worker a failed step 0: peer rank 1 closed the connection".into()));
+    }
+}
