@@ -20,7 +20,6 @@ use elf_data::prepare::{OutFormat, prepare};
 use elf_data::tokenizer::TextTokenizer;
 use elf_model::backend::CpuTrain;
 use elf_model::objective::{Branch, Draws, HostBatch, draw_sample};
-use elf_model::optim::Schedule;
 use elf_model::t5::T5Encoder;
 use elf_shared::config::{Config, EncoderDims, ModelDims};
 use elf_shared::seed::{Purpose, Stream};
@@ -176,18 +175,12 @@ where
     let device = B::Device::default();
     let backend_name = B::name(&device);
     let encoder = T5Encoder::random(&c.encoder, &device);
-    let mut tr = Trainer::<B>::new(
-        c.clone(),
-        encoder,
-        vocab,
-        Schedule::from_config(&c, 1000, 1000),
-        device,
-    );
+    let mut tr = Trainer::<B>::new(c.clone(), encoder, vocab, device);
     let mut step = |i: u64, branch: Branch| {
         let mb = micro_batch(&c, branch, i, vocab as u32);
         let t0 = Instant::now();
         let (g, _) = tr.gradients(std::slice::from_ref(&mb));
-        tr.apply(g);
+        tr.apply(g, 1e-3);
         t0.elapsed().as_secs_f64() * 1e3
     };
     // Untimed warm-up: one of each branch, as the anchor does.

@@ -37,8 +37,13 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Trains a model from a config and prints samples at the end.
+    /// Trains on this machine: an in-process coordinator and N local worker processes; prints
+    /// samples at the end.
     Train(train::TrainArgs),
+    /// Runs the coordinator of a run (JSON events on stdout).
+    Coordinator(train::CoordinatorArgs),
+    /// Runs a worker that joins a coordinator (JSON events on stdout).
+    Worker(train::WorkerArgs),
     /// Validates configs.
     #[command(subcommand)]
     Config(cmd_config::ConfigCmd),
@@ -83,6 +88,8 @@ fn main() -> std::process::ExitCode {
     init_logs(cli.log_format);
     let result = match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Coordinator(a) => train::coordinator(a),
+        Command::Worker(a) => train::worker(a),
         Command::Config(c) => cmd_config::run(c),
         Command::Model(c) => cmd_model::run(c),
         Command::Data(c) => cmd_data::run(c),

@@ -1,21 +1,16 @@
-//! `elf train`: trains a config and prints samples from the EMA weights at the end.
+//! `elf train` (an in-process coordinator and N local worker processes), `elf coordinator`
+//! and `elf worker`.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::Context;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use elf_shared::config::ResolvedConfig;
-use elf_worker::batch;
-use elf_worker::generate::{generate, sweep};
-use elf_worker::setup::{DataSetup, load_encoder};
-use elf_worker::trainer::Trainer;
+use elf_coordinator::{Options, Outcome};
+use elf_worker::node::{self, NodeOptions};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
-use tracing::info;
 
 use crate::out;
 
@@ -25,155 +20,225 @@ pub struct TrainArgs {
     /// The run config (YAML).
     #[arg(long, default_value = "configs/quickstart.yaml")]
     pub config: PathBuf,
-    /// Where metrics, logs and the resolved config go.
+    /// Where metrics, logs, the resolved config and samples go.
     #[arg(long, default_value = "runs/quickstart")]
     pub run_dir: PathBuf,
+    /// Local worker processes (each a full replica; data parallel).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
     /// Overrides, `key=value` (dotted keys reach sections), applied before validation.
     #[arg(long = "set")]
     pub set: Vec<String>,
 }
 
-/// Runs `elf train`.
-pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let rc = crate::load_config(&a.config, &a.set)?;
-    train::<elf_model::backend::CpuTrain>(&rc, &a.run_dir, Default::default())
+/// Arguments of `elf coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// The run config (YAML); only the coordinator reads it.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// gRPC listen address (`127.0.0.1:0` picks a free port; see the `ready` event).
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_LISTEN")]
+    pub listen: String,
+    /// HTTP listen address for `/metrics` and `/status`.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
+    pub http: String,
+    /// Run folder.
+    #[arg(long, env = "ELF_RUN_DIR")]
+    pub run_dir: PathBuf,
+    /// Training workers to wait for (default: the config's `cluster.workers`).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Overrides, `key=value`.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
-/// Trains in this process on `device`.
-pub fn train<B: AutodiffBackend>(
-    rc: &ResolvedConfig,
-    run_dir: &Path,
-    device: B::Device,
-) -> anyhow::Result<()> {
-    let c = &rc.config;
-    let ds = DataSetup::open(rc)?;
-    let encoder = load_encoder::<B::InnerBackend>(rc, &device)?;
-    let mut tr = Trainer::<B>::new(
-        c.clone(),
-        encoder,
-        ds.vocab,
-        ds.schedule(rc),
-        device.clone(),
-    );
-    fs::create_dir_all(run_dir.join("metrics"))
-        .with_context(|| format!("{}: cannot create run dir", run_dir.display()))?;
-    fs::write(run_dir.join("config.yaml"), c.to_yaml())
-        .with_context(|| format!("{}: cannot write", run_dir.display()))?;
-    let metrics_path = run_dir.join("metrics/train.jsonl");
-    let mut metrics =
-        fs::File::create(&metrics_path).with_context(|| format!("{}", metrics_path.display()))?;
-    let hash = c.hash();
-    info!(
-        params = tr.num_params(),
-        rows = ds.data.len(),
-        steps = ds.total_steps,
-        steps_per_epoch = ds.steps_per_epoch,
-        config_hash = %hash,
-        "training {}",
-        ds.data.describe()
-    );
-    let g = c.global_batch_size as u64;
-    let micro = c.train.micro_batch_size.unwrap_or(c.global_batch_size);
-    let tokens_per_step = (g as usize * c.max_length) as f64;
-    let pb = ProgressBar::new(ds.total_steps).with_style(
+/// Arguments of `elf worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Coordinator URL, e.g. `http://127.0.0.1:5000`.
+    #[arg(long, env = "ELF_COORDINATOR")]
+    pub coordinator: String,
+    /// Stable worker identity (default: hostname and pid).
+    #[arg(long, env = "ELF_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Device: `cpu` (or `cuda:N` with the cuda feature).
+    #[arg(long, default_value = "cpu", env = "ELF_DEVICE")]
+    pub device: String,
+    /// Where the collective listens; the bound address is registered.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_COLLECTIVE")]
+    pub collective: String,
+    /// Where `/metrics` listens.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
+    pub http: String,
+    /// Seconds to keep trying to reach the coordinator.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout_s: u64,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `elf coordinator` until the run ends.
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let rc = crate::load_config(&a.config, &a.set)?;
+    let rt = runtime()?;
+    let opts = Options {
+        listen: a.listen,
+        http_listen: a.http,
+        run_dir: a.run_dir,
+        workers: a.workers,
+        events: true,
+    };
+    let outcome = rt.block_on(async move {
+        let running = elf_coordinator::start(rc, opts).await?;
+        Ok::<_, anyhow::Error>(running.done.await?)
+    })?;
+    match outcome {
+        Outcome::Done { .. } => Ok(()),
+        Outcome::Failed(why) => anyhow::bail!("run failed: {why}"),
+    }
+}
+
+/// Runs `elf worker` until the coordinator says the run is done.
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let id = a.worker_id.unwrap_or_else(|| {
+        let host = fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let opts = NodeOptions {
+        coordinator: a.coordinator,
+        worker_id: id,
+        device: a.device.clone(),
+        collective_listen: a.collective,
+        http_listen: a.http,
+        connect_timeout: Duration::from_secs(a.connect_timeout_s),
+    };
+    match a.device.as_str() {
+        "cpu" => node::run::<elf_model::backend::CpuTrain>(opts, Default::default()),
+        #[cfg(feature = "cuda")]
+        d if d.starts_with("cuda") => {
+            let index = d
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            node::run::<elf_model::backend::CudaTrain>(
+                opts,
+                burn::backend::cuda::CudaDevice::new(index),
+            )
+        }
+        other => anyhow::bail!(
+            "--device {other}: not available in this build (cpu; cuda:N with --features cuda)"
+        ),
+    }
+}
+
+/// Runs `elf train`: an in-process coordinator and `workers` local worker processes.
+pub fn run(a: TrainArgs) -> anyhow::Result<()> {
+    let rc = crate::load_config(&a.config, &a.set)?;
+    let logs = a.run_dir.join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("{}: cannot create", logs.display()))?;
+    let rt = runtime()?;
+    let opts = Options {
+        listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
+        run_dir: a.run_dir.clone(),
+        workers: Some(a.workers),
+        events: false,
+    };
+    let mut running = rt.block_on(elf_coordinator::start(rc, opts))?;
+    let url = format!("http://{}", running.grpc_addr);
+    // Share the cores between the replicas rather than oversubscribing them.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / a.workers.max(1)).max(1);
+    let exe = std::env::current_exe().context("cannot locate the elf binary")?;
+    let mut children = Vec::with_capacity(a.workers);
+    for i in 0..a.workers {
+        let log = fs::File::create(logs.join(format!("worker-{i}.log")))?;
+        let child = std::process::Command::new(&exe)
+            .args([
+                "worker",
+                "--coordinator",
+                &url,
+                "--worker-id",
+                &format!("local-{i}"),
+            ])
+            .env("RAYON_NUM_THREADS", threads.to_string())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start a worker process")?;
+        children.push(child);
+    }
+    tracing::info!(workers = a.workers, threads_per_worker = threads, coordinator = %url, "started local workers");
+    let pb = ProgressBar::new(running.progress.borrow().total).with_style(
         ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} eta {eta}")
             .expect("valid template"),
     );
-    let start = Instant::now();
-    for step in 0..ds.total_steps {
-        let t0 = Instant::now();
-        let mbs = batch::build(
-            c,
-            &ds.plan,
-            ds.data.as_ref(),
-            &ds.collator,
-            step,
-            0..g,
-            c.encoder.d_model,
-            micro,
-        )?;
-        let (grads, parts) = tr.gradients(&mbs);
-        let applied = tr.apply(grads);
-        let secs = t0.elapsed().as_secs_f64();
-        let (ce, l2) = parts.rescaled(c.decoder_prob);
-        let line = json!({
-            "step": step, "loss": parts.loss, "ce_loss": ce, "l2_loss": l2, "lr": applied.lr,
-            "grad_norm": applied.grad_norm, "step_seconds": secs, "tokens_per_s": tokens_per_step / secs,
-            "config_hash": hash.0,
-        });
-        writeln!(metrics, "{line}").with_context(|| format!("{}", metrics_path.display()))?;
-        pb.set_position(step + 1);
-        pb.set_message(format!(
-            "loss {:.3} (l2 {l2:.3} ce {ce:.3}) {:.0} tok/s",
-            parts.loss,
-            tokens_per_step / secs
-        ));
-        if (step + 1) % c.log_freq.max(1) == 0 {
-            info!(
-                step = step + 1,
-                loss = parts.loss,
-                ce_loss = ce,
-                l2_loss = l2,
-                lr = applied.lr,
-                "train"
-            );
+    let outcome = rt.block_on(async {
+        let mut progress = running.progress.clone();
+        let mut done = std::pin::pin!(&mut running.done);
+        loop {
+            tokio::select! {
+                r = &mut done => break r,
+                c = progress.changed() => {
+                    if c.is_err() { continue; }
+                    let p = progress.borrow().clone();
+                    pb.set_length(p.total);
+                    pb.set_position(p.committed);
+                    pb.set_message(format!("loss {:.3} (l2 {:.3} ce {:.3}) {:.0} tok/s", p.loss.0, p.loss.2, p.loss.1, p.tokens_per_s));
+                }
+            }
+        }
+    })?;
+    pb.finish_and_clear();
+    let mut failed_children = vec![];
+    for (i, mut c) in children.into_iter().enumerate() {
+        // Workers exit right after hearing DONE/STOP; a straggler is stopped.
+        let status = wait_or_kill(&mut c, Duration::from_secs(20));
+        if !status {
+            failed_children.push(i);
         }
     }
-    pb.finish_and_clear();
-    info!(seconds = start.elapsed().as_secs_f64(), "training done");
-    print_samples(rc, &tr, &ds, &device)
+    match outcome {
+        Outcome::Failed(why) => {
+            anyhow::bail!("run failed: {why} (worker logs in {})", logs.display())
+        }
+        Outcome::Done { steps } => {
+            if !failed_children.is_empty() {
+                anyhow::bail!(
+                    "workers {failed_children:?} exited with an error (logs in {})",
+                    logs.display()
+                );
+            }
+            tracing::info!(steps, run_dir = %a.run_dir.display(), "training done");
+            match fs::read_to_string(a.run_dir.join("samples.txt")) {
+                Ok(s) => out::line(s.trim_end()),
+                Err(_) => tracing::warn!("no samples were written"),
+            }
+            Ok(())
+        }
+    }
 }
 
-/// Prints a few samples from the EMA weights with the first sampling config.
-fn print_samples<B: AutodiffBackend>(
-    rc: &ResolvedConfig,
-    tr: &Trainer<B>,
-    ds: &DataSetup,
-    device: &B::Device,
-) -> anyhow::Result<()> {
-    let c = &rc.config;
-    let n = c.train.final_samples;
-    if n == 0 {
-        return Ok(());
-    }
-    let mut spec = sweep(&c.sampling_configs[0])[0];
-    spec.steps = c.train.final_sample_steps;
-    let prompts: Option<Vec<_>> = if ds.data.is_conditional() {
-        Some(
-            (0..n as u64)
-                .map(|i| ds.data.row(i))
-                .collect::<Result<_, _>>()?,
-        )
-    } else {
-        None
-    };
-    let tokens = generate(
-        &tr.ema,
-        &tr.encoder,
-        c,
-        &ds.collator,
-        prompts.as_deref(),
-        n,
-        &spec,
-        (c.seed, 0),
-        device,
-    )
-    .map_err(anyhow::Error::msg)?;
-    out::line(format!(
-        "samples ({:?}, {} steps, EMA weights):",
-        spec.method, spec.steps
-    ));
-    for (i, t) in tokens.iter().enumerate() {
-        let text = ds.tokenizer.decode(t);
-        match &prompts {
-            Some(p) => out::line(format!(
-                "[{i}] {} => {text}",
-                p[i].input.clone().unwrap_or_else(|| ds
-                    .tokenizer
-                    .decode(p[i].condition_input_ids.as_deref().unwrap_or(&[])))
-            )),
-            None => out::line(format!("[{i}] {text}")),
+fn wait_or_kill(c: &mut std::process::Child, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match c.try_wait() {
+            Ok(Some(s)) => return s.success(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
         }
     }
-    Ok(())
 }

@@ -1,1 +1,458 @@
-//! placeholder
+//! The ELF coordinator: owns decisions, never tensors. It admits workers, forms the quorum,
+//! hands out steps with each rank's slice of the global batch, commits steps when every replica
+//! agrees, records metrics, and serves `/metrics` and `/status`.
+//!
+//! # Layout
+//! - [`state`]: pure decisions (membership, quorum, directives, commits, eviction).
+//! - [`service`]: the gRPC service: decode, call the state, encode; long-polls `NextStep`.
+//! - [`metrics`]: Prometheus metrics.
+//! - this file: [`start`], the driver that binds listeners, ticks the state and records commits.
+
+pub mod metrics;
+pub mod service;
+pub mod state;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use elf_data::tokenizer::TextTokenizer;
+use elf_shared::config::ResolvedConfig;
+use elf_shared::events;
+use elf_shared::plan::Plan;
+use elf_shared::proto::coordinator_server::CoordinatorServer;
+use elf_shared::schedule::Schedule;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::Metrics;
+use crate::state::{ClusterState, Commit, Phase, RunFacts};
+
+/// Per-process facts of a coordinator (never hyperparameters: those are in the config).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// gRPC listen address (`127.0.0.1:0` picks a port; the `ready` event reports it).
+    pub listen: String,
+    /// HTTP listen address for `/metrics` and `/status`.
+    pub http_listen: String,
+    /// Run folder (metrics, resolved config, samples).
+    pub run_dir: PathBuf,
+    /// Training workers to wait for (default: the config's `cluster.workers`).
+    pub workers: Option<usize>,
+    /// Emit JSON events on stdout.
+    pub events: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every step committed.
+    Done {
+        /// Steps committed in total.
+        steps: u64,
+    },
+    /// The run stopped.
+    Failed(String),
+}
+
+/// Progress published to in-process observers (the `elf train` progress bar).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Steps committed.
+    pub committed: u64,
+    /// Steps in the run.
+    pub total: u64,
+    /// Loss parts of the last commit.
+    pub loss: (f64, f64, f64),
+    /// Tokens per second over the last step.
+    pub tokens_per_s: f64,
+}
+
+/// State shared by the service, the HTTP endpoint and the driver.
+#[derive(Debug)]
+pub struct Inner {
+    /// The decisions.
+    pub state: Mutex<ClusterState>,
+    /// Woken on every state change (long-polls wait on it).
+    pub notify: Notify,
+    /// The resolved config as shipped to workers.
+    pub config_yaml: String,
+    /// Its hash.
+    pub config_hash: String,
+    /// Run id.
+    pub run_id: String,
+    /// Run folder.
+    pub run_dir: PathBuf,
+    /// Heartbeat interval for workers.
+    pub heartbeat_ms: u32,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Workers that received their final directive.
+    pub finished: Mutex<std::collections::BTreeSet<String>>,
+    recorder: Mutex<Recorder>,
+    progress: watch::Sender<Progress>,
+    tokens_per_step: f64,
+}
+
+/// Appends commits to the run's metrics files.
+///
+/// `train.jsonl` and `rank-<r>.jsonl` hold only values that are a pure function of the config
+/// and seed (so two runs with the same seed give bit-identical files); wall-clock figures go to
+/// `timing.jsonl`.
+#[derive(Debug)]
+struct Recorder {
+    dir: PathBuf,
+    train: File,
+    timing: File,
+    ranks: Vec<File>,
+    last_commit: Instant,
+}
+
+/// Opens a metrics file for this run (a fresh run starts it empty).
+fn open_fresh(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open for writing", path.display()))
+}
+
+impl Recorder {
+    fn record(&mut self, c: &Commit, hash: &str, tokens: f64) -> anyhow::Result<f64> {
+        let r0 = &c.reports[0];
+        let line = json!({
+            "step": c.step, "loss": r0.loss, "ce_loss": r0.ce_loss, "l2_loss": r0.l2_loss, "lr": c.lr,
+            "grad_norm": r0.grad_norm, "world_size": c.quorum.ranks.len(), "quorum_id": c.quorum.id,
+            "param_digest": r0.param_digest, "config_hash": hash,
+        });
+        writeln!(self.train, "{line}")?;
+        while self.ranks.len() < c.reports.len() {
+            let r = self.ranks.len();
+            self.ranks
+                .push(open_fresh(&self.dir.join(format!("rank-{r}.jsonl")))?);
+        }
+        for (rep, f) in c.reports.iter().zip(&mut self.ranks) {
+            let line = json!({
+                "step": rep.step, "rank": rep.rank, "worker": rep.worker_id, "loss": rep.loss,
+                "ce_loss": rep.ce_loss, "l2_loss": rep.l2_loss, "grad_norm": rep.grad_norm,
+                "param_digest": rep.param_digest, "config_hash": hash,
+            });
+            writeln!(f, "{line}")?;
+        }
+        let now = Instant::now();
+        let secs = now.duration_since(self.last_commit).as_secs_f64();
+        self.last_commit = now;
+        let ranks: Vec<_> = c
+            .reports
+            .iter()
+            .map(|r| json!({"rank": r.rank, "compute_seconds": r.compute_seconds, "allreduce_seconds": r.allreduce_seconds, "allreduce_bytes": r.allreduce_bytes, "step_seconds": r.step_seconds}))
+            .collect();
+        writeln!(
+            self.timing,
+            "{}",
+            json!({"step": c.step, "step_seconds": secs, "tokens_per_s": tokens / secs.max(1e-9), "ranks": ranks})
+        )?;
+        Ok(secs)
+    }
+}
+
+impl Inner {
+    /// Records a commit: metrics files, Prometheus, progress, events.
+    pub fn on_commit(&self, c: &Commit) {
+        let secs = match self.recorder.lock().expect("recorder lock").record(
+            c,
+            &self.config_hash,
+            self.tokens_per_step,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write metrics");
+                0.0
+            }
+        };
+        let r0 = &c.reports[0];
+        let m = &self.metrics;
+        m.steps_committed.inc();
+        m.step.set(c.step as i64);
+        m.step_seconds.set(secs);
+        m.tokens_per_second
+            .set(self.tokens_per_step / secs.max(1e-9));
+        m.loss.with_label_values(&["total"]).set(r0.loss);
+        m.loss.with_label_values(&["ce"]).set(r0.ce_loss);
+        m.loss.with_label_values(&["l2"]).set(r0.l2_loss);
+        m.learning_rate.set(c.lr);
+        m.grad_norm.set(r0.grad_norm);
+        for r in &c.reports {
+            let rank = r.rank.to_string();
+            m.allreduce_seconds
+                .with_label_values(&[&rank])
+                .set(r.allreduce_seconds);
+            m.allreduce_bytes
+                .with_label_values(&[&rank])
+                .add(r.allreduce_bytes as f64);
+        }
+        let total = self.state.lock().expect("state lock").facts().total_steps;
+        self.progress.send_modify(|p| {
+            p.committed = c.step + 1;
+            p.total = total;
+            p.loss = (r0.loss, r0.ce_loss, r0.l2_loss);
+            p.tokens_per_s = self.tokens_per_step / secs.max(1e-9);
+        });
+    }
+
+    /// Returns the `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        let s = self.state.lock().expect("state lock");
+        let now = Instant::now();
+        let phase = match s.phase() {
+            Phase::Forming => "forming".to_string(),
+            Phase::Running => "running".into(),
+            Phase::Done => "done".into(),
+            Phase::Failed(why) => format!("failed: {why}"),
+        };
+        let workers: Vec<_> = s
+            .members()
+            .iter()
+            .map(|(id, m)| {
+                json!({"id": id, "device": m.device, "collective_addr": m.addr, "role": m.role,
+                       "heartbeat_age_seconds": now.duration_since(m.last_seen).as_secs_f64(), "last_step": m.step})
+            })
+            .collect();
+        let p = self.progress.borrow().clone();
+        json!({
+            "run_id": self.run_id, "config_hash": self.config_hash, "phase": phase,
+            "step": s.step(), "total_steps": s.facts().total_steps,
+            "quorum": s.quorum().map(|q| json!({"id": q.id, "world_size": q.ranks.len(), "members": q.ranks})),
+            "workers": workers,
+            "throughput_tokens_per_s": p.tokens_per_s,
+            "last_losses": {"loss": p.loss.0, "ce_loss": p.loss.1, "l2_loss": p.loss.2},
+        })
+    }
+
+    /// Refreshes the heartbeat-age gauges and the quorum size.
+    fn refresh_gauges(&self) {
+        let s = self.state.lock().expect("state lock");
+        let now = Instant::now();
+        self.metrics
+            .quorum_size
+            .set(s.quorum().map_or(0, |q| q.ranks.len() as i64));
+        for (id, m) in s.members() {
+            self.metrics
+                .heartbeat_age_seconds
+                .with_label_values(&[id])
+                .set(now.duration_since(m.last_seen).as_secs_f64());
+        }
+    }
+}
+
+/// A started coordinator.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The bound HTTP address.
+    pub http_addr: SocketAddr,
+    /// Shared state (for in-process observers).
+    pub inner: Arc<Inner>,
+    /// Progress updates.
+    pub progress: watch::Receiver<Progress>,
+    /// Resolves when the run is over and the final directives were delivered.
+    pub done: tokio::task::JoinHandle<Outcome>,
+}
+
+/// Validates the run against its data, binds the listeners and starts serving.
+///
+/// # Errors
+/// An unreadable dataset, a world size that does not divide the batch into whole branch
+/// shards, an unwritable run folder, or a listen address that cannot be bound.
+pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running> {
+    let c = &rc.config;
+    let tokenizer = Arc::new(TextTokenizer::for_config(
+        c.tokenizer_name.as_deref(),
+        &rc.base_dir,
+    )?);
+    let data_path = c
+        .data_path
+        .as_deref()
+        .with_context(|| format!("{}: data_path is not set", rc.source))?;
+    let data = elf_data::open_dataset(&rc.resolve(data_path), &tokenizer)?;
+    let g = c.global_batch_size as u64;
+    let plan = Plan::new(data.len(), g, c.seed).with_context(|| data.describe())?;
+    let workers = opts.workers.unwrap_or(c.cluster.workers);
+    let shard = c.train.branch_shard_size as u64;
+    if workers == 0
+        || !g.is_multiple_of(workers as u64)
+        || !(g / workers as u64).is_multiple_of(shard)
+    {
+        anyhow::bail!(
+            "{}: {workers} workers cannot split global_batch_size {g} into whole branch shards of {shard} (train.branch_shard_size)",
+            rc.source
+        );
+    }
+    let spe = plan.steps_per_epoch();
+    let total_steps = c.train.max_steps.unwrap_or(spe * c.epochs);
+    let facts = RunFacts {
+        expected: workers,
+        total_steps,
+        schedule: Schedule::from_config(c, spe, total_steps),
+        plan,
+        grad_accum: c.grad_accum_steps as u64,
+        shard,
+        heartbeat_timeout: Duration::from_millis(c.cluster.heartbeat_timeout_ms),
+    };
+    let dir = &opts.run_dir;
+    fs::create_dir_all(dir.join("metrics"))
+        .with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
+    let yaml = c.to_yaml();
+    fs::write(dir.join("config.yaml"), &yaml)
+        .with_context(|| format!("{}: cannot write config.yaml", dir.display()))?;
+    let recorder = Recorder {
+        dir: dir.join("metrics"),
+        train: open_fresh(&dir.join("metrics/train.jsonl"))?,
+        timing: open_fresh(&dir.join("metrics/timing.jsonl"))?,
+        ranks: vec![],
+        last_commit: Instant::now(),
+    };
+    let hash = c.hash().0;
+    let (ptx, prx) = watch::channel(Progress {
+        total: total_steps,
+        ..Progress::default()
+    });
+    let inner = Arc::new(Inner {
+        state: Mutex::new(ClusterState::new(facts, 0)),
+        notify: Notify::new(),
+        config_yaml: yaml,
+        run_id: format!("elf-{}", &hash[..12]),
+        config_hash: hash,
+        run_dir: dir.clone(),
+        heartbeat_ms: c.cluster.heartbeat_ms as u32,
+        metrics: Metrics::new(),
+        finished: Mutex::new(Default::default()),
+        recorder: Mutex::new(recorder),
+        progress: ptx,
+        tokens_per_step: (g as usize * c.max_length) as f64,
+    });
+    let grpc = TcpListener::bind(&opts.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot bind", opts.listen))?;
+    let http = TcpListener::bind(&opts.http_listen)
+        .await
+        .with_context(|| format!("--http {}: cannot bind", opts.http_listen))?;
+    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+    tracing::info!(%grpc_addr, %http_addr, workers, total_steps, rows = data.len(), "coordinator ready");
+    if opts.events {
+        events::emit(
+            "ready",
+            json!({"role": "coordinator", "addr": grpc_addr.to_string(), "http": http_addr.to_string(), "run_id": inner.run_id}),
+        );
+    }
+    let h = inner.clone();
+    tokio::spawn(elf_shared::http::serve(http, move |path| {
+        let h = h.clone();
+        async move {
+            match path.as_str() {
+                "/metrics" => {
+                    h.refresh_gauges();
+                    (
+                        200,
+                        elf_shared::http::PROMETHEUS,
+                        elf_shared::http::render(&h.metrics.registry),
+                    )
+                }
+                "/status" => (200, "application/json", h.status().to_string()),
+                _ => (404, "text/plain", "not found\n".into()),
+            }
+        }
+    }));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = service::Service {
+        inner: inner.clone(),
+    };
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(CoordinatorServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+    });
+    let d = inner.clone();
+    let events_on = opts.events;
+    let done = tokio::spawn(async move {
+        let outcome = drive(&d, events_on).await;
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        outcome
+    });
+    Ok(Running {
+        grpc_addr,
+        http_addr,
+        inner,
+        progress: prx,
+        done,
+    })
+}
+
+/// Ticks the state until the run ends, then waits (bounded) for the workers to hear of it.
+async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
+    let mut last_step = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (phase, step, quorum) = {
+            let mut s = inner.state.lock().expect("state lock");
+            for why in s.tick(Instant::now()) {
+                tracing::warn!(reason = %why, "evicted");
+            }
+            (
+                s.phase().clone(),
+                s.step(),
+                s.quorum().map(|q| q.ranks.clone()).unwrap_or_default(),
+            )
+        };
+        inner.notify.notify_waiters();
+        if events_on
+            && step != last_step
+            && matches!(phase, Phase::Running | Phase::Done)
+            && step > 0
+        {
+            events::emit("step", json!({"step": step - 1}));
+        }
+        last_step = step;
+        let outcome = match phase {
+            Phase::Done => Outcome::Done { steps: step },
+            Phase::Failed(why) => Outcome::Failed(why),
+            _ => continue,
+        };
+        // Give every quorum member a chance to fetch DONE/STOP before the server goes away.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let all = {
+                let f = inner.finished.lock().expect("finished lock");
+                quorum.iter().all(|id| f.contains(id))
+            };
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if events_on {
+            match &outcome {
+                Outcome::Done { steps } => events::emit(
+                    "done",
+                    json!({"final_step": steps.saturating_sub(1), "steps": steps}),
+                ),
+                Outcome::Failed(why) => events::emit("failed", json!({"reason": why})),
+            }
+        }
+        return outcome;
+    }
+}

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use elf_shared::plan::Plan;
-use elf_shared::proto::{step_directive::Kind, RegisterRequest, StepDirective, StepReport, PROTOCOL_VERSION};
+use elf_shared::proto::{
+    PROTOCOL_VERSION, RegisterRequest, StepDirective, StepReport, step_directive::Kind,
+};
 use elf_shared::schedule::Schedule;
 
 /// A registered worker.
@@ -104,8 +106,20 @@ pub struct Refused(pub String);
 impl ClusterState {
     /// Starts a run at step `start`.
     pub fn new(facts: RunFacts, start: u64) -> Self {
-        let phase = if start >= facts.total_steps { Phase::Done } else { Phase::Forming };
-        Self { facts, members: BTreeMap::new(), quorum: None, next_quorum_id: 1, step: start, reports: BTreeMap::new(), phase }
+        let phase = if start >= facts.total_steps {
+            Phase::Done
+        } else {
+            Phase::Forming
+        };
+        Self {
+            facts,
+            members: BTreeMap::new(),
+            quorum: None,
+            next_quorum_id: 1,
+            step: start,
+            reports: BTreeMap::new(),
+            phase,
+        }
     }
 
     /// Returns the phase.
@@ -150,7 +164,10 @@ impl ClusterState {
         if let Phase::Failed(why) = &self.phase {
             return Err(Refused(format!("the run has failed: {why}")));
         }
-        let in_quorum = self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&r.worker_id));
+        let in_quorum = self
+            .quorum
+            .as_ref()
+            .is_some_and(|q| q.ranks.contains(&r.worker_id));
         if self.phase == Phase::Running && !in_quorum && r.role != "eval" {
             return Err(Refused(format!(
                 "worker {} joined a running quorum of {}; elastic joins are not supported yet",
@@ -160,7 +177,13 @@ impl ClusterState {
         }
         self.members.insert(
             r.worker_id.clone(),
-            Member { device: r.device.clone(), addr: r.collective_addr.clone(), role: r.role.clone(), last_seen: now, step: None },
+            Member {
+                device: r.device.clone(),
+                addr: r.collective_addr.clone(),
+                role: r.role.clone(),
+                last_seen: now,
+                step: None,
+            },
         );
         self.maybe_form();
         Ok(())
@@ -170,12 +193,20 @@ impl ClusterState {
         if self.phase != Phase::Forming {
             return;
         }
-        let trainers: Vec<String> = self.members.iter().filter(|(_, m)| m.role != "eval").map(|(id, _)| id.clone()).collect();
+        let trainers: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.role != "eval")
+            .map(|(id, _)| id.clone())
+            .collect();
         if trainers.len() < self.facts.expected {
             return;
         }
         let ranks: Vec<String> = trainers.into_iter().take(self.facts.expected).collect();
-        self.quorum = Some(Quorum { id: self.next_quorum_id, ranks });
+        self.quorum = Some(Quorum {
+            id: self.next_quorum_id,
+            ranks,
+        });
         self.next_quorum_id += 1;
         self.phase = Phase::Running;
     }
@@ -203,8 +234,13 @@ impl ClusterState {
         let mut reasons = vec![];
         for id in dead {
             self.members.remove(&id);
-            let why = format!("worker {id} missed heartbeats for more than {} ms", timeout.as_millis());
-            if self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&id)) && self.phase == Phase::Running {
+            let why = format!(
+                "worker {id} missed heartbeats for more than {} ms",
+                timeout.as_millis()
+            );
+            if self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&id))
+                && self.phase == Phase::Running
+            {
                 self.phase = Phase::Failed(format!("{why} at step {}", self.step));
             }
             reasons.push(why);
@@ -213,7 +249,11 @@ impl ClusterState {
     }
 
     fn wait(reason: String) -> StepDirective {
-        StepDirective { kind: Kind::Wait as i32, reason, ..Default::default() }
+        StepDirective {
+            kind: Kind::Wait as i32,
+            reason,
+            ..Default::default()
+        }
     }
 
     /// Returns what worker `id` should do after finishing `after` (`None`: nothing yet).
@@ -221,20 +261,37 @@ impl ClusterState {
         let total = self.facts.total_steps;
         match &self.phase {
             Phase::Failed(why) => {
-                return StepDirective { kind: Kind::Stop as i32, reason: why.clone(), total_steps: total, ..Default::default() };
+                return StepDirective {
+                    kind: Kind::Stop as i32,
+                    reason: why.clone(),
+                    total_steps: total,
+                    ..Default::default()
+                };
             }
             Phase::Done => {
-                return StepDirective { kind: Kind::Done as i32, step: self.step, total_steps: total, ..Default::default() };
+                return StepDirective {
+                    kind: Kind::Done as i32,
+                    step: self.step,
+                    total_steps: total,
+                    ..Default::default()
+                };
             }
             Phase::Forming => {
                 let have = self.members.values().filter(|m| m.role != "eval").count();
-                return Self::wait(format!("waiting for {} workers, {have} registered", self.facts.expected));
+                return Self::wait(format!(
+                    "waiting for {} workers, {have} registered",
+                    self.facts.expected
+                ));
             }
             Phase::Running => {}
         }
         let q = self.quorum.as_ref().expect("running has a quorum");
         let Some(rank) = q.ranks.iter().position(|r| r == id) else {
-            return StepDirective { kind: Kind::Stop as i32, reason: format!("worker {id} is not in the quorum"), ..Default::default() };
+            return StepDirective {
+                kind: Kind::Stop as i32,
+                reason: format!("worker {id} is not in the quorum"),
+                ..Default::default()
+            };
         };
         let ready = match after {
             None => true,
@@ -244,14 +301,26 @@ impl ClusterState {
             return Self::wait(format!("step {} in flight", self.step));
         }
         let world = q.ranks.len() as u64;
-        let slice = self.facts.plan.rank_slice(self.step, world, rank as u64).expect("world divides the batch (checked at start)");
+        let slice = self
+            .facts
+            .plan
+            .rank_slice(self.step, world, rank as u64)
+            .expect("world divides the batch (checked at start)");
         StepDirective {
             kind: Kind::Train as i32,
             step: self.step,
             quorum_id: q.id,
             world_size: world as u32,
             rank: rank as u32,
-            peers: q.ranks.iter().map(|r| self.members.get(r).map_or_else(String::new, |m| m.addr.clone())).collect(),
+            peers: q
+                .ranks
+                .iter()
+                .map(|r| {
+                    self.members
+                        .get(r)
+                        .map_or_else(String::new, |m| m.addr.clone())
+                })
+                .collect(),
             first_position: slice.first().map_or(0, |x| x.0),
             rows: slice.iter().map(|x| x.1).collect(),
             lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
@@ -273,14 +342,20 @@ impl ClusterState {
             (Phase::Failed(why), _) => return Err(Refused(format!("the run has failed: {why}"))),
             _ => return Err(Refused("no step is running".into())),
         };
-        if r.quorum_id != q.id || r.step != self.step || q.ranks.get(r.rank as usize) != Some(&r.worker_id) {
+        if r.quorum_id != q.id
+            || r.step != self.step
+            || q.ranks.get(r.rank as usize) != Some(&r.worker_id)
+        {
             return Err(Refused(format!(
                 "stale report from {} (step {}, quorum {}, rank {}); expected step {} of quorum {}",
                 r.worker_id, r.step, r.quorum_id, r.rank, self.step, q.id
             )));
         }
         if !r.error.is_empty() {
-            self.phase = Phase::Failed(format!("worker {} failed step {}: {}", r.worker_id, r.step, r.error));
+            self.phase = Phase::Failed(format!(
+                "worker {} failed step {}: {}",
+                r.worker_id, r.step, r.error
+            ));
             return Ok(None);
         }
         self.reports.insert(r.rank, r);
@@ -301,7 +376,12 @@ impl ClusterState {
                 m.step = Some(x.step);
             }
         }
-        let commit = Commit { step: self.step, quorum: q, lr: self.facts.schedule.lr(self.step / self.facts.grad_accum), reports };
+        let commit = Commit {
+            step: self.step,
+            quorum: q,
+            lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
+            reports,
+        };
         self.step += 1;
         if self.step >= self.facts.total_steps {
             self.phase = Phase::Done;
@@ -321,7 +401,11 @@ mod tests {
     use elf_shared::config::Config;
 
     fn facts(expected: usize, total: u64) -> RunFacts {
-        let c = Config { lr: Some(1.0), warmup_steps: 4, ..Config::default() };
+        let c = Config {
+            lr: Some(1.0),
+            warmup_steps: 4,
+            ..Config::default()
+        };
         RunFacts {
             expected,
             total_steps: total,
@@ -393,7 +477,10 @@ mod tests {
         s.report(now, report(&d, "a", "y")).unwrap();
         s.report(now, report(&db, "b", "z")).unwrap();
         match s.phase() {
-            Phase::Failed(why) => assert!(why.starts_with("replicas diverged at step 1: rank 1"), "{why}"),
+            Phase::Failed(why) => assert!(
+                why.starts_with("replicas diverged at step 1: rank 1"),
+                "{why}"
+            ),
             p => panic!("{p:?}"),
         }
         assert_eq!(s.directive("a", Some(1)).kind, Kind::Stop as i32);
@@ -423,8 +510,14 @@ mod tests {
         assert!(s.tick(t1).is_empty());
         let t2 = t0 + Duration::from_secs(6);
         let why = s.tick(t2);
-        assert_eq!(why, vec!["worker b missed heartbeats for more than 5000 ms"]);
-        assert_eq!(s.phase(), &Phase::Failed("worker b missed heartbeats for more than 5000 ms at step 0".into()));
+        assert_eq!(
+            why,
+            vec!["worker b missed heartbeats for more than 5000 ms"]
+        );
+        assert_eq!(
+            s.phase(),
+            &Phase::Failed("worker b missed heartbeats for more than 5000 ms at step 0".into())
+        );
         assert!(!s.heartbeat(t2, "b"));
     }
 
@@ -434,17 +527,28 @@ mod tests {
         let mut s = ClusterState::new(facts(1, 3), 0);
         let mut old = member("x");
         old.protocol_version = 0;
-        assert_eq!(s.register(now, &old).unwrap_err().0, "worker x speaks protocol 0, the coordinator speaks 1");
+        assert_eq!(
+            s.register(now, &old).unwrap_err().0,
+            "worker x speaks protocol 0, the coordinator speaks 1"
+        );
         s.register(now, &member("a")).unwrap();
         let e = s.register(now, &member("late")).unwrap_err().0;
         assert!(e.contains("elastic joins are not supported yet"), "{e}");
         let d = s.directive("a", None);
         let mut r = report(&d, "a", "x");
         r.step = 7;
-        assert!(s.report(now, r).unwrap_err().0.starts_with("stale report from a (step 7"));
+        assert!(
+            s.report(now, r)
+                .unwrap_err()
+                .0
+                .starts_with("stale report from a (step 7")
+        );
         let mut r = report(&d, "a", "x");
         r.error = "peer rank 1 closed the connection".into();
         s.report(now, r).unwrap();
-        assert_eq!(s.phase(), &Phase::Failed("worker a failed step 0: peer rank 1 closed the connection".into()));
+        assert_eq!(
+            s.phase(),
+            &Phase::Failed("worker a failed step 0: peer rank 1 closed the connection".into())
+        );
     }
 }

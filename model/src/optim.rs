@@ -223,12 +223,6 @@ pub fn ema_update<B: Backend>(ema: Tensor<B, 1>, live: Tensor<B, 1>, decay: f64)
 mod tests {
     use super::*;
 
-    fn cfg(yaml: &str) -> Config {
-        Config::from_yaml(yaml, "t", std::path::Path::new("."), &[])
-            .unwrap()
-            .config
-    }
-
     #[test]
     fn clipping_is_global() {
         let mut g = vec![3.0f32, 4.0];

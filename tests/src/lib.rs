@@ -1,1 +1,195 @@
-//! End-to-end tests that start real processes on loopback.
+//! Harness for end-to-end tests that start real `elf` processes on loopback.
+//!
+//! Nobody picks a port: processes bind port 0 and announce the real address in a JSON `ready`
+//! event on stdout, which [`Proc::wait_event`] reads. Each process's stderr is kept (last 200
+//! lines) so a failing assertion can show what the process said. Processes are killed on drop.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A child process with its events and logs.
+#[derive(Debug)]
+pub struct Proc {
+    /// Name used in messages.
+    pub name: String,
+    child: Child,
+    events: Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Proc {
+    /// Starts `exe args` with piped output.
+    ///
+    /// # Panics
+    /// If the process cannot start.
+    pub fn spawn(name: &str, exe: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .env("ELF_LOG_FORMAT", "pretty");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {exe}: {e}"));
+        let (tx, events) = channel();
+        let out = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let err = child.stderr.take().expect("piped");
+        let keep = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut k = keep.lock().expect("log lock");
+                if k.len() == 200 {
+                    k.pop_front();
+                }
+                k.push_back(line);
+            }
+        });
+        Self {
+            name: name.into(),
+            child,
+            events,
+            seen: vec![],
+            stderr,
+        }
+    }
+
+    /// Returns the last lines of stderr, prefixed by the process name.
+    pub fn logs(&self) -> String {
+        let k = self.stderr.lock().expect("log lock");
+        k.iter().map(|l| format!("[{}] {l}\n", self.name)).collect()
+    }
+
+    /// Waits for the first event named `event`.
+    ///
+    /// # Panics
+    /// On timeout or when the process exits first, with its logs.
+    pub fn wait_event(&mut self, event: &str, timeout: Duration) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["event"] == event) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == event {
+                        return v;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "{}: no {event:?} event within {timeout:?}\n{}",
+            self.name,
+            self.logs()
+        );
+    }
+
+    /// Waits for the process to exit.
+    ///
+    /// # Panics
+    /// On timeout (the process is killed), with its logs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(50)); // let the log threads drain
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "{}: did not exit within {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a successful exit.
+    ///
+    /// # Panics
+    /// On a failure exit or timeout, with the logs.
+    pub fn expect_success(&mut self, timeout: Duration) {
+        let s = self.wait_exit(timeout);
+        assert!(
+            s.success(),
+            "{} exited with {s}\n{}",
+            self.name,
+            self.logs()
+        );
+    }
+
+    /// Returns the lines of stderr that start with `error:`.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter(|l| l.starts_with("error:"))
+            .cloned()
+            .collect()
+    }
+
+    /// Sends SIGKILL.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Returns the OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `GET path` to `addr` and returns the body.
+///
+/// # Panics
+/// On a connection error or a non-200 answer.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("GET {addr}{path}: {e}"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {addr}{path}: {head}");
+    body.to_string()
+}

@@ -9,7 +9,6 @@
 
 use elf_model::objective::{Branch, Draws, HostBatch, draw_sample};
 use elf_shared::config::Config;
-use elf_shared::plan::Plan;
 use elf_shared::seed::{Purpose, Stream};
 
 use elf_data::collate::Collator;
@@ -38,7 +37,9 @@ pub fn shard_branch(c: &Config, step: u64, shard: u64) -> Branch {
     }
 }
 
-/// Builds the micro-batches of the positions `[start, end)` of step `step`'s global batch.
+/// Builds the micro-batches of one rank's slice of step `step`: `slice` holds `(position, row)`
+/// pairs in position order (from the sample plan), covering whole branch shards of a global
+/// batch of `n_shards` shards.
 ///
 /// `latent` is the encoder width `E`; `micro` caps the samples per micro-batch.
 ///
@@ -47,29 +48,31 @@ pub fn shard_branch(c: &Config, step: u64, shard: u64) -> Branch {
 #[allow(clippy::too_many_arguments)]
 pub fn build(
     c: &Config,
-    plan: &Plan,
     data: &dyn Dataset,
     collator: &Collator,
     step: u64,
-    positions: std::ops::Range<u64>,
+    slice: &[(u64, u64)],
+    n_shards: u64,
     latent: usize,
     micro: usize,
 ) -> Result<Vec<MicroBatch>, DataError> {
     let s = collator.seq_len;
-    let shard = c.train.branch_shard_size as u64;
-    let n_shards = plan.batch() / shard;
+    let shard = c.train.branch_shard_size;
     assert!(
-        positions.start.is_multiple_of(shard) && positions.end.is_multiple_of(shard),
+        slice.len().is_multiple_of(shard)
+            && slice
+                .first()
+                .is_none_or(|x| x.0.is_multiple_of(shard as u64)),
         "a rank's slice must hold whole branch shards"
     );
     let mut groups: [Vec<MicroBatch>; 2] = [vec![], vec![]];
-    for sh in positions.start / shard..positions.end / shard {
+    for part in slice.chunks(shard) {
+        let sh = part[0].0 / shard as u64;
         let branch = shard_branch(c, step, sh);
         // Collate the whole shard first: its loss normaliser needs every sample's mask.
-        let mut rows = Vec::with_capacity(shard as usize);
-        let mut masks = vec![0f32; shard as usize * s];
-        for (k, p) in (sh * shard..(sh + 1) * shard).enumerate() {
-            let row_idx = plan.row(step, p);
+        let mut rows = Vec::with_capacity(shard);
+        let mut masks = vec![0f32; shard * s];
+        for (k, &(p, row_idx)) in part.iter().enumerate() {
             let row = data.row(row_idx)?;
             let col = collator.collate(&row).map_err(|m| DataError::Format {
                 name: data.describe(),

@@ -12,7 +12,7 @@ use elf_model::dims::ElfDims;
 use elf_model::elf::Elf;
 use elf_model::nn::{tensor, to_vec};
 use elf_model::objective::{Branch, ObjectiveParams, decoder_loss, denoiser_loss, encode};
-use elf_model::optim::{Optimizer, Schedule, clip_global_norm, ema_update};
+use elf_model::optim::{Optimizer, clip_global_norm, ema_update};
 use elf_model::t5::T5Encoder;
 use elf_model::weights::{flat_params, map_params, param_infos};
 use elf_shared::config::Config;
@@ -80,8 +80,6 @@ pub struct Trainer<B: AutodiffBackend> {
     pub encoder: T5Encoder<B::InnerBackend>,
     /// Optimiser state.
     pub optimizer: Optimizer<B::InnerBackend>,
-    /// Learning-rate schedule.
-    pub schedule: Schedule,
     /// Parameter shapes in module order.
     pub shapes: Vec<Vec<usize>>,
     accum: Vec<f32>,
@@ -115,7 +113,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         config: Config,
         encoder: T5Encoder<B::InnerBackend>,
         vocab: usize,
-        schedule: Schedule,
         device: B::Device,
     ) -> Self {
         let dims = ElfDims::from_config(&config, vocab);
@@ -133,7 +130,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             ema,
             encoder,
             optimizer,
-            schedule,
             shapes,
             accum: vec![],
             accum_count: 0,
@@ -188,8 +184,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Clips the (rank-summed) gradient, accumulates `grad_accum_steps` of them, and when due
-    /// runs the optimiser and the EMA.
-    pub fn apply(&mut self, mut grads: Vec<f32>) -> Applied {
+    /// runs the optimiser with learning rate `lr` and the EMA.
+    pub fn apply(&mut self, mut grads: Vec<f32>, lr: f64) -> Applied {
         let grad_norm = clip_global_norm(&mut grads, 1.0);
         let k = self.config.grad_accum_steps;
         if k > 1 {
@@ -205,14 +201,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             if self.accum_count < k {
                 return Applied {
                     grad_norm,
-                    lr: self.schedule.lr(self.optimizer.count),
+                    lr,
                     stepped: false,
                 };
             }
             grads = std::mem::take(&mut self.accum);
             self.accum_count = 0;
         }
-        let lr = self.schedule.lr(self.optimizer.count);
         let mut off = 0;
         let g: Vec<Tensor<B::InnerBackend, 1>> = self
             .shapes

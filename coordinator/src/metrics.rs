@@ -1,0 +1,118 @@
+//! The coordinator's Prometheus metrics (`elf_` namespace, units in the names).
+
+use prometheus::{Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry};
+
+/// Every metric the coordinator exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Committed steps.
+    pub steps_committed: IntCounter,
+    /// Last committed step.
+    pub step: IntGauge,
+    /// Wall time between the last two commits.
+    pub step_seconds: Gauge,
+    /// Tokens per second over the last step.
+    pub tokens_per_second: Gauge,
+    /// Loss parts of the last step (`part` = total, ce, l2).
+    pub loss: GaugeVec,
+    /// Learning rate of the last step.
+    pub learning_rate: Gauge,
+    /// Global gradient norm of the last step.
+    pub grad_norm: Gauge,
+    /// Workers in the quorum.
+    pub quorum_size: IntGauge,
+    /// Seconds since each member's last heartbeat (`worker`).
+    pub heartbeat_age_seconds: GaugeVec,
+    /// All-reduce seconds of the last step by rank (`rank`).
+    pub allreduce_seconds: GaugeVec,
+    /// Bytes each rank moved through the all-reduce, cumulative (`rank`).
+    pub allreduce_bytes: GaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let c = |n: &str, h: &str| {
+            let m = IntCounter::new(n, h).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let ig = |n: &str, h: &str| {
+            let m = IntGauge::new(n, h).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let g = |n: &str, h: &str| {
+            let m = Gauge::new(n, h).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let gv = |n: &str, h: &str, l: &[&str]| {
+            let m = GaugeVec::new(Opts::new(n, h), l).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        Self {
+            steps_committed: c(
+                "elf_steps_committed_total",
+                "Training steps committed by the coordinator.",
+            ),
+            step: ig("elf_step", "Last committed training step."),
+            step_seconds: g(
+                "elf_step_seconds",
+                "Wall-clock seconds between the last two commits.",
+            ),
+            tokens_per_second: g(
+                "elf_tokens_per_second",
+                "Training tokens per second over the last step.",
+            ),
+            loss: gv(
+                "elf_loss",
+                "Loss parts of the last committed step.",
+                &["part"],
+            ),
+            learning_rate: g(
+                "elf_learning_rate",
+                "Learning rate of the last committed step.",
+            ),
+            grad_norm: g(
+                "elf_grad_norm",
+                "Global gradient norm before clipping, last step.",
+            ),
+            quorum_size: ig("elf_quorum_size", "Workers in the current quorum."),
+            heartbeat_age_seconds: gv(
+                "elf_heartbeat_age_seconds",
+                "Seconds since a worker's last heartbeat.",
+                &["worker"],
+            ),
+            allreduce_seconds: gv(
+                "elf_allreduce_seconds",
+                "All-reduce seconds of the last step by rank.",
+                &["rank"],
+            ),
+            allreduce_bytes: gv(
+                "elf_allreduce_bytes",
+                "Bytes a rank sent through the all-reduce, cumulative.",
+                &["rank"],
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh machine: installs what the tests call (promtool from
+# Debian's prometheus package, the Python fixture writers from PyPI), then `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+python3 -m pip install -q -r scripts/requirements-test.txt
+cargo test --release --workspace

@@ -1,0 +1,405 @@
+//! Collectives: one trait, and a bucketed ring all-reduce over TCP (the CPU and CI backend).
+//!
+//! # The ring
+//! Rank `r` sends to rank `r+1` and receives from rank `r−1` (mod W) over two TCP connections
+//! made per quorum. Each bucket of the flat buffer is cut into W chunks; W−1 reduce-scatter
+//! steps leave rank `r` with the full sum of chunk `r+1`, W−1 all-gather steps spread the sums.
+//! A dedicated sender thread writes while the caller reads, so neither side can block the
+//! other on full socket buffers, and the next bucket's first chunk is on the wire while the
+//! previous one is still being reduced. The order in which each chunk is summed is fixed by the
+//! ring, so a given world size reproduces bit-identical sums.
+//!
+//! Every read and write has the configured timeout: a peer that vanishes or freezes becomes an
+//! error naming it, never a hang.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A collective failure, naming the peer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CollectiveError(pub String);
+
+/// What one all-reduce cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    /// Bytes this rank sent.
+    pub bytes_sent: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A group of ranks that sum buffers together.
+pub trait Collective: Send {
+    /// Returns this process's rank.
+    fn rank(&self) -> usize;
+    /// Returns the number of ranks.
+    fn world(&self) -> usize;
+    /// Replaces `buf` on every rank by the element-wise sum over ranks.
+    ///
+    /// # Errors
+    /// A peer that closed, reset or went silent past the timeout.
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<Traffic, CollectiveError>;
+    /// Sums a few f64 values over ranks in rank order (identical bits on every rank).
+    ///
+    /// # Errors
+    /// As [`Collective::all_reduce_sum`].
+    fn all_reduce_sum_f64(&mut self, v: &mut [f64]) -> Result<(), CollectiveError>;
+}
+
+/// The trivial group of one.
+#[derive(Debug, Default)]
+pub struct Single;
+
+impl Collective for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&mut self, _buf: &mut [f32]) -> Result<Traffic, CollectiveError> {
+        Ok(Traffic::default())
+    }
+    fn all_reduce_sum_f64(&mut self, _v: &mut [f64]) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+}
+
+const MAGIC: &[u8; 4] = b"ELFR";
+
+/// A TCP ring.
+#[derive(Debug)]
+pub struct Ring {
+    rank: usize,
+    world: usize,
+    prev: TcpStream,
+    prev_name: String,
+    next_name: String,
+    tx: Option<SyncSender<Vec<u8>>>,
+    sender: Option<JoinHandle<()>>,
+    send_error: Arc<Mutex<Option<String>>>,
+    bucket: usize,
+    scratch: Vec<u8>,
+}
+
+fn peer(rank: usize, addr: &str) -> String {
+    format!("peer rank {rank} ({addr})")
+}
+
+impl Ring {
+    /// Connects rank `rank` of `peers` (collective addresses in rank order) for quorum `quorum`:
+    /// dials the next rank and accepts the previous one on `listener`.
+    ///
+    /// # Errors
+    /// A peer that cannot be reached or does not dial in before `timeout`.
+    pub fn connect(
+        listener: &TcpListener,
+        peers: &[String],
+        rank: usize,
+        quorum: u64,
+        timeout: Duration,
+        bucket_bytes: usize,
+    ) -> Result<Self, CollectiveError> {
+        let world = peers.len();
+        assert!(world >= 2 && rank < world, "a ring needs two or more ranks");
+        let (next, prev) = ((rank + 1) % world, (rank + world - 1) % world);
+        let next_name = peer(next, &peers[next]);
+        let prev_name = peer(prev, &peers[prev]);
+        let deadline = Instant::now() + timeout;
+        // Dial the next rank (retrying: it may not have bound yet).
+        let mut out = loop {
+            match TcpStream::connect(&peers[next]) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "dialling {next_name}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(CollectiveError(format!("cannot reach {next_name}: {e}"))),
+            }
+        };
+        let mut hello = Vec::with_capacity(16);
+        hello.extend_from_slice(MAGIC);
+        hello.extend_from_slice(&quorum.to_le_bytes());
+        hello.extend_from_slice(&(rank as u32).to_le_bytes());
+        out.write_all(&hello)
+            .map_err(|e| CollectiveError(format!("{next_name}: handshake failed: {e}")))?;
+        // Accept the previous rank; ignore anything else (stale dialers of an old quorum).
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| CollectiveError(e.to_string()))?;
+        let inbound = loop {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false)
+                        .map_err(|e| CollectiveError(e.to_string()))?;
+                    s.set_read_timeout(Some(timeout))
+                        .map_err(|e| CollectiveError(e.to_string()))?;
+                    let mut h = [0u8; 16];
+                    if s.read_exact(&mut h).is_ok()
+                        && &h[..4] == MAGIC
+                        && u64::from_le_bytes(h[4..12].try_into().expect("8")) == quorum
+                        && u32::from_le_bytes(h[12..16].try_into().expect("4")) as usize == prev
+                    {
+                        break s;
+                    }
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Err(CollectiveError(format!(
+                        "{prev_name} did not connect within {} ms",
+                        timeout.as_millis()
+                    )));
+                }
+                Err(e) => return Err(CollectiveError(format!("accepting {prev_name}: {e}"))),
+            }
+        };
+        for s in [&out, &inbound] {
+            s.set_nodelay(true)
+                .map_err(|e| CollectiveError(e.to_string()))?;
+            s.set_read_timeout(Some(timeout))
+                .map_err(|e| CollectiveError(e.to_string()))?;
+            s.set_write_timeout(Some(timeout))
+                .map_err(|e| CollectiveError(e.to_string()))?;
+        }
+        let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(4);
+        let send_error = Arc::new(Mutex::new(None));
+        let err = send_error.clone();
+        let name = next_name.clone();
+        let sender = std::thread::Builder::new()
+            .name("elf-ring-send".into())
+            .spawn(move || {
+                for msg in rx {
+                    if let Err(e) = out.write_all(&msg) {
+                        *err.lock().expect("error lock") =
+                            Some(format!("{name}: send failed: {e}"));
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| CollectiveError(e.to_string()))?;
+        Ok(Self {
+            rank,
+            world,
+            prev: inbound,
+            prev_name,
+            next_name,
+            tx: Some(tx),
+            sender: Some(sender),
+            send_error,
+            bucket: (bucket_bytes / 4).max(world),
+            scratch: vec![],
+        })
+    }
+
+    fn send(&self, bytes: Vec<u8>) -> Result<(), CollectiveError> {
+        if let Some(e) = self.send_error.lock().expect("error lock").clone() {
+            return Err(CollectiveError(e));
+        }
+        self.tx
+            .as_ref()
+            .expect("sender alive")
+            .send(bytes)
+            .map_err(|_| CollectiveError(format!("{}: the sender stopped", self.next_name)))
+    }
+
+    fn recv(&mut self, n: usize) -> Result<&[u8], CollectiveError> {
+        self.scratch.resize(n, 0);
+        self.prev.read_exact(&mut self.scratch).map_err(|e| {
+            let what = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "closed the connection".to_string(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    "sent nothing before the collective timeout".to_string()
+                }
+                _ => e.to_string(),
+            };
+            CollectiveError(format!("{} {what} during all-reduce", self.prev_name))
+        })?;
+        Ok(&self.scratch)
+    }
+}
+
+fn to_bytes(x: &[f32]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(x.len() * 4);
+    for f in x {
+        v.extend_from_slice(&f.to_le_bytes());
+    }
+    v
+}
+
+impl Collective for Ring {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<Traffic, CollectiveError> {
+        let t0 = Instant::now();
+        let (w, r) = (self.world, self.rank);
+        let mut sent = 0u64;
+        let mut start = 0;
+        while start < buf.len() {
+            let end = (start + self.bucket).min(buf.len());
+            let b = &mut buf[start..end];
+            let len = b.len();
+            let chunk = |i: usize| (i * len / w)..((i + 1) * len / w);
+            for k in 0..w - 1 {
+                let (si, ri) = ((r + w - k) % w, (r + 2 * w - k - 1) % w);
+                let bytes = to_bytes(&b[chunk(si)]);
+                sent += bytes.len() as u64;
+                self.send(bytes)?;
+                let rr = chunk(ri);
+                let incoming = self.recv(rr.len() * 4)?;
+                for (dst, c) in b[rr].iter_mut().zip(incoming.chunks_exact(4)) {
+                    *dst += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            for k in 0..w - 1 {
+                let (si, ri) = ((r + 1 + w - k) % w, (r + w - k) % w);
+                let bytes = to_bytes(&b[chunk(si)]);
+                sent += bytes.len() as u64;
+                self.send(bytes)?;
+                let rr = chunk(ri);
+                let incoming = self.recv(rr.len() * 4)?;
+                for (dst, c) in b[rr].iter_mut().zip(incoming.chunks_exact(4)) {
+                    *dst = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            start = end;
+        }
+        Ok(Traffic {
+            bytes_sent: sent,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn all_reduce_sum_f64(&mut self, v: &mut [f64]) -> Result<(), CollectiveError> {
+        let (w, r, n) = (self.world, self.rank, v.len());
+        let mut all = vec![vec![0f64; n]; w];
+        all[r].copy_from_slice(v);
+        // Pass every rank's values around the ring, then sum in rank order.
+        let mut holding = r;
+        for _ in 0..w - 1 {
+            let mut msg = Vec::with_capacity(n * 8);
+            for x in &all[holding] {
+                msg.extend_from_slice(&x.to_le_bytes());
+            }
+            self.send(msg)?;
+            holding = (holding + w - 1) % w;
+            let incoming = self.recv(n * 8)?.to_vec();
+            for (dst, c) in all[holding].iter_mut().zip(incoming.chunks_exact(8)) {
+                *dst = f64::from_le_bytes(c.try_into().expect("8"));
+            }
+        }
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = all.iter().map(|a| a[i]).sum();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.sender.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring_of(n: usize, bucket: usize) -> Vec<Ring> {
+        let listeners: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let peers: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = listeners
+                .iter()
+                .enumerate()
+                .map(|(r, l)| {
+                    let peers = peers.clone();
+                    s.spawn(move || {
+                        Ring::connect(l, &peers, r, 7, Duration::from_secs(5), bucket).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn ring_sums_equal_the_serial_sum_for_several_world_sizes() {
+        for (n, bucket) in [(2usize, 64usize), (3, 40), (4, 4096)] {
+            let len = 1001;
+            let inputs: Vec<Vec<f32>> = (0..n)
+                .map(|r| {
+                    (0..len)
+                        .map(|i| (i * (r + 1)) as f32 * 0.5 - r as f32)
+                        .collect()
+                })
+                .collect();
+            let expected: Vec<f32> = (0..len)
+                .map(|i| inputs.iter().map(|v| v[i]).sum())
+                .collect();
+            let rings = ring_of(n, bucket);
+            let outs: Vec<(Vec<f32>, [f64; 2])> = std::thread::scope(|s| {
+                let hs: Vec<_> = rings
+                    .into_iter()
+                    .zip(inputs.clone())
+                    .map(|(mut ring, mut buf)| {
+                        s.spawn(move || {
+                            let t = ring.all_reduce_sum(&mut buf).unwrap();
+                            assert!(t.bytes_sent > 0);
+                            let mut v = [ring.rank() as f64, 1.0];
+                            ring.all_reduce_sum_f64(&mut v).unwrap();
+                            (buf, v)
+                        })
+                    })
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (buf, v) in &outs {
+                for (a, b) in buf.iter().zip(&expected) {
+                    assert!(
+                        (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                        "n={n}: {a} vs {b}"
+                    );
+                }
+                assert_eq!(*v, [(0..n).sum::<usize>() as f64, n as f64]);
+            }
+            // Every rank holds bit-identical sums.
+            assert!(outs.windows(2).all(|p| p[0].0 == p[1].0), "n={n}");
+        }
+    }
+
+    #[test]
+    fn a_vanished_peer_is_an_error_naming_it_not_a_hang() {
+        let mut rings = ring_of(3, 1024);
+        let dead = rings.pop().unwrap();
+        drop(dead);
+        let t0 = Instant::now();
+        let mut r0 = rings.remove(0);
+        let mut buf = vec![1.0f32; 10_000];
+        let e = r0.all_reduce_sum(&mut buf).unwrap_err().0;
+        assert!(e.contains("peer rank 2"), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}

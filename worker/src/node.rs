@@ -1,0 +1,404 @@
+//! The worker process: registers with the coordinator, trains the steps it is given and
+//! reports them.
+//!
+//! The loop is one screen: ask for the next directive; for a TRAIN directive build this rank's
+//! micro-batches from the rows it names, compute gradients, all-reduce them over the ring,
+//! apply clip/optimiser/EMA with the directive's learning rate, and report the loss parts and
+//! the parameter digest. The process talks gRPC through a small tokio runtime; tensors stay on
+//! the calling thread.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use burn::tensor::backend::AutodiffBackend;
+use elf_shared::config::Config;
+use elf_shared::events;
+use elf_shared::proto::coordinator_client::CoordinatorClient;
+use elf_shared::proto::step_directive::Kind;
+use elf_shared::proto::{
+    HeartbeatRequest, NextStepRequest, PROTOCOL_VERSION, RegisterRequest, StepDirective, StepReport,
+};
+use prometheus::{Gauge, IntCounter, IntGauge, Registry};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::batch;
+use crate::collective::{Collective, Ring, Single};
+use crate::generate::{generate, sweep};
+use crate::setup::{DataSetup, load_encoder};
+use crate::trainer::Trainer;
+
+/// Per-process facts of a worker.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Coordinator URL (`http://host:port`).
+    pub coordinator: String,
+    /// Stable identity.
+    pub worker_id: String,
+    /// Device name reported to the coordinator.
+    pub device: String,
+    /// Where the collective listens (`127.0.0.1:0` picks a port).
+    pub collective_listen: String,
+    /// Where `/metrics` listens.
+    pub http_listen: String,
+    /// How long to keep trying to reach the coordinator.
+    pub connect_timeout: Duration,
+}
+
+struct WorkerMetrics {
+    registry: Registry,
+    step: IntGauge,
+    step_seconds: Gauge,
+    compute_seconds: Gauge,
+    allreduce_seconds: Gauge,
+    allreduce_bytes: IntCounter,
+    tokens_per_second: Gauge,
+}
+
+impl WorkerMetrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let g = |n: &str, h: &str| {
+            let m = Gauge::new(n, h).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let step = IntGauge::new("elf_worker_step", "Last step this worker finished.")
+            .expect("valid metric");
+        registry
+            .register(Box::new(step.clone()))
+            .expect("unique metric");
+        let allreduce_bytes = IntCounter::new(
+            "elf_worker_allreduce_bytes_total",
+            "Bytes this worker sent through all-reduces.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(allreduce_bytes.clone()))
+            .expect("unique metric");
+        Self {
+            step,
+            allreduce_bytes,
+            step_seconds: g(
+                "elf_worker_step_seconds",
+                "Wall-clock seconds of the last step on this worker.",
+            ),
+            compute_seconds: g(
+                "elf_worker_compute_seconds",
+                "Seconds of forward/backward in the last step.",
+            ),
+            allreduce_seconds: g(
+                "elf_worker_allreduce_seconds",
+                "Seconds of gradient all-reduce in the last step.",
+            ),
+            tokens_per_second: g(
+                "elf_worker_tokens_per_second",
+                "Tokens this worker trained per second in the last step.",
+            ),
+            registry,
+        }
+    }
+}
+
+fn rpc_error(url: &str, e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator {url}: {}", e.message())
+}
+
+/// Runs a worker until the coordinator says the run is done.
+///
+/// # Errors
+/// An unreachable coordinator, a refused registration, a config that does not hash to what the
+/// coordinator sent, a failed collective or a STOP from the coordinator.
+pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = TcpListener::bind(&opts.collective_listen)
+        .with_context(|| format!("--collective {}: cannot bind", opts.collective_listen))?;
+    let collective_addr = listener.local_addr()?.to_string();
+    let url = opts.coordinator.clone();
+    let mut client = rt.block_on(connect(&url, opts.connect_timeout))?;
+    let reg = rt
+        .block_on(client.register(RegisterRequest {
+            worker_id: opts.worker_id.clone(),
+            device: opts.device.clone(),
+            collective_addr: collective_addr.clone(),
+            role: "train".into(),
+            protocol_version: PROTOCOL_VERSION,
+        }))
+        .map_err(|e| rpc_error(&url, e))?
+        .into_inner();
+    let yaml = String::from_utf8(reg.config_yaml)
+        .context("the coordinator sent a config that is not UTF-8")?;
+    let rc = Config::from_yaml(
+        &yaml,
+        "config from the coordinator",
+        std::path::Path::new("."),
+        &[],
+    )?;
+    if rc.config.hash().0 != reg.config_hash {
+        bail!(
+            "the config from the coordinator hashes to {} but was announced as {}",
+            rc.config.hash(),
+            reg.config_hash
+        );
+    }
+    let c = rc.config.clone();
+    let metrics = Arc::new(WorkerMetrics::new());
+    let http = rt
+        .block_on(tokio::net::TcpListener::bind(&opts.http_listen))
+        .with_context(|| format!("--http {}: cannot bind", opts.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let m = metrics.clone();
+    rt.spawn(elf_shared::http::serve(http, move |path| {
+        let m = m.clone();
+        async move {
+            match path.as_str() {
+                "/metrics" => (
+                    200,
+                    elf_shared::http::PROMETHEUS,
+                    elf_shared::http::render(&m.registry),
+                ),
+                _ => (404, "text/plain", "not found\n".into()),
+            }
+        }
+    }));
+    events::emit(
+        "ready",
+        json!({"role": "worker", "worker_id": opts.worker_id, "collective": collective_addr, "http": http_addr.to_string()}),
+    );
+    tracing::info!(worker_id = %opts.worker_id, config_hash = %reg.config_hash, "registered");
+
+    // Heartbeats run beside the (blocking) training loop.
+    let mut hb = client.clone();
+    let (id, period) = (
+        opts.worker_id.clone(),
+        Duration::from_millis(reg.heartbeat_ms.max(1) as u64),
+    );
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            match hb
+                .heartbeat(HeartbeatRequest {
+                    worker_id: id.clone(),
+                    step: 0,
+                })
+                .await
+            {
+                Ok(r) if !r.get_ref().known => {
+                    tracing::warn!("the coordinator no longer knows this worker")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            }
+        }
+    });
+
+    let ds = DataSetup::open(&rc)?;
+    let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
+    let mut tr = Trainer::<B>::new(c.clone(), encoder, ds.vocab, device.clone());
+    let run_dir = PathBuf::from(&reg.run_dir);
+    let timeout = Duration::from_millis(c.cluster.collective_timeout_ms);
+    let bucket = c.cluster.bucket_mib << 20;
+    let micro = c.train.micro_batch_size.unwrap_or(c.global_batch_size);
+    let n_shards = (c.global_batch_size / c.train.branch_shard_size) as u64;
+    let mut ring: Option<(u64, Box<dyn Collective>)> = None;
+    let mut after: Option<u64> = None;
+    let mut last_rank = 0;
+    loop {
+        let d: StepDirective = rt
+            .block_on(client.next_step(NextStepRequest {
+                worker_id: opts.worker_id.clone(),
+                after_step: after.unwrap_or(0),
+                first: after.is_none(),
+            }))
+            .map_err(|e| rpc_error(&url, e))?
+            .into_inner();
+        match Kind::try_from(d.kind).unwrap_or(Kind::Wait) {
+            Kind::Wait => continue,
+            Kind::Stop => bail!("stopped by the coordinator: {}", d.reason),
+            Kind::Done => {
+                tracing::info!(steps = d.step, "run complete");
+                if last_rank == 0 {
+                    let params = elf_model::weights::named_host_params::<B::InnerBackend, _>(
+                        &burn::module::AutodiffModule::valid(&tr.model),
+                    );
+                    elf_model::weights::write_safetensors(
+                        &run_dir.join("final.safetensors"),
+                        &params,
+                    )?;
+                    write_samples(&tr, &ds, &c, &run_dir, &device)?;
+                }
+                return Ok(());
+            }
+            Kind::Train => {}
+        }
+        let t0 = Instant::now();
+        if ring.as_ref().is_none_or(|(q, _)| *q != d.quorum_id) {
+            let coll: Box<dyn Collective> = if d.world_size == 1 {
+                Box::new(Single)
+            } else {
+                Box::new(Ring::connect(
+                    &listener,
+                    &d.peers,
+                    d.rank as usize,
+                    d.quorum_id,
+                    timeout,
+                    bucket,
+                )?)
+            };
+            ring = Some((d.quorum_id, coll));
+        }
+        let coll = &mut ring.as_mut().expect("set above").1;
+        let slice: Vec<(u64, u64)> = d
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (d.first_position + i as u64, r))
+            .collect();
+        let mbs = batch::build(
+            &c,
+            ds.data.as_ref(),
+            &ds.collator,
+            d.step,
+            &slice,
+            n_shards,
+            c.encoder.d_model,
+            micro,
+        )?;
+        let (mut grads, parts) = tr.gradients(&mbs);
+        let compute = t0.elapsed().as_secs_f64();
+        let mut report = StepReport {
+            worker_id: opts.worker_id.clone(),
+            step: d.step,
+            quorum_id: d.quorum_id,
+            rank: d.rank,
+            ..Default::default()
+        };
+        let reduced = coll.all_reduce_sum(&mut grads).and_then(|t| {
+            let mut v = [parts.loss, parts.ce, parts.l2];
+            coll.all_reduce_sum_f64(&mut v)?;
+            Ok((t, v))
+        });
+        let (traffic, [loss, ce, l2]) = match reduced {
+            Ok(x) => x,
+            Err(e) => {
+                report.error = e.0.clone();
+                let _ = rt.block_on(client.report_step(report));
+                bail!("step {}: {}", d.step, e.0);
+            }
+        };
+        let applied = tr.apply(grads, d.lr);
+        let totals = crate::trainer::LossParts { loss, ce, l2 };
+        let (ce_loss, l2_loss) = totals.rescaled(c.decoder_prob);
+        report.loss = loss;
+        report.ce_loss = ce_loss;
+        report.l2_loss = l2_loss;
+        report.grad_norm = applied.grad_norm;
+        report.param_digest = tr.param_digest();
+        report.compute_seconds = compute;
+        report.allreduce_seconds = traffic.seconds;
+        report.allreduce_bytes = traffic.bytes_sent;
+        report.step_seconds = t0.elapsed().as_secs_f64();
+        metrics.step.set(d.step as i64);
+        metrics.step_seconds.set(report.step_seconds);
+        metrics.compute_seconds.set(compute);
+        metrics.allreduce_seconds.set(traffic.seconds);
+        metrics.allreduce_bytes.inc_by(traffic.bytes_sent);
+        metrics
+            .tokens_per_second
+            .set((slice.len() * c.max_length) as f64 / report.step_seconds.max(1e-9));
+        let ack = rt
+            .block_on(client.report_step(report))
+            .map_err(|e| rpc_error(&url, e))?
+            .into_inner();
+        if !ack.accepted {
+            bail!(
+                "the coordinator refused the report of step {}: {}",
+                d.step,
+                ack.reason
+            );
+        }
+        last_rank = d.rank;
+        after = Some(d.step);
+    }
+}
+
+async fn connect(url: &str, timeout: Duration) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match CoordinatorClient::connect(url.to_string()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "coordinator not reachable yet, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => bail!(
+                "cannot reach the coordinator at {url} within {} s: {e}",
+                timeout.as_secs()
+            ),
+        }
+    }
+}
+
+/// Generates the end-of-run samples from the EMA weights and writes them to the run folder.
+fn write_samples<B: AutodiffBackend>(
+    tr: &Trainer<B>,
+    ds: &DataSetup,
+    c: &Config,
+    run_dir: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let n = c.train.final_samples;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut spec = sweep(&c.sampling_configs[0])[0];
+    spec.steps = c.train.final_sample_steps;
+    let prompts: Option<Vec<_>> = if ds.data.is_conditional() {
+        Some(
+            (0..n as u64)
+                .map(|i| ds.data.row(i))
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        None
+    };
+    let tokens = generate(
+        &tr.ema,
+        &tr.encoder,
+        c,
+        &ds.collator,
+        prompts.as_deref(),
+        n,
+        &spec,
+        (c.seed, 0),
+        device,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut text = format!(
+        "samples ({:?}, {} steps, EMA weights):\n",
+        spec.method, spec.steps
+    );
+    for (i, t) in tokens.iter().enumerate() {
+        let out = ds.tokenizer.decode(t);
+        match &prompts {
+            Some(p) => text.push_str(&format!(
+                "[{i}] {} => {out}\n",
+                p[i].input.clone().unwrap_or_default()
+            )),
+            None => text.push_str(&format!("[{i}] {out}\n")),
+        }
+    }
+    std::fs::write(run_dir.join("samples.txt"), text)
+        .with_context(|| format!("{}: cannot write samples.txt", run_dir.display()))?;
+    Ok(())
+}
