@@ -84,7 +84,7 @@ pub struct Ring {
     sender: Option<JoinHandle<()>>,
     send_error: Arc<Mutex<Option<String>>>,
     bucket: usize,
-    scratch: Vec<u8>,
+    scratch: Vec<f32>,
 }
 
 fn peer(rank: usize, addr: &str) -> String {
@@ -211,28 +211,28 @@ impl Ring {
             .map_err(|_| CollectiveError(format!("{}: the sender stopped", self.next_name)))
     }
 
-    fn recv(&mut self, n: usize) -> Result<&[u8], CollectiveError> {
-        self.scratch.resize(n, 0);
-        self.prev.read_exact(&mut self.scratch).map_err(|e| {
-            let what = match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => "closed the connection".to_string(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    "sent nothing before the collective timeout".to_string()
-                }
-                _ => e.to_string(),
-            };
-            CollectiveError(format!("{} {what} during all-reduce", self.prev_name))
-        })?;
+    /// Reads `n` floats from the previous rank into the scratch buffer.
+    fn recv(&mut self, n: usize) -> Result<&[f32], CollectiveError> {
+        self.scratch.resize(n, 0.0);
+        // Little-endian on the wire; every target we build for is little-endian.
+        self.prev
+            .read_exact(bytemuck::cast_slice_mut(&mut self.scratch))
+            .map_err(|e| {
+                let what = match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => "closed the connection".to_string(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                        "sent nothing before the collective timeout".to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                CollectiveError(format!("{} {what} during all-reduce", self.prev_name))
+            })?;
         Ok(&self.scratch)
     }
 }
 
 fn to_bytes(x: &[f32]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(x.len() * 4);
-    for f in x {
-        v.extend_from_slice(&f.to_le_bytes());
-    }
-    v
+    bytemuck::cast_slice(x).to_vec()
 }
 
 impl Collective for Ring {
@@ -260,9 +260,9 @@ impl Collective for Ring {
                 sent += bytes.len() as u64;
                 self.send(bytes)?;
                 let rr = chunk(ri);
-                let incoming = self.recv(rr.len() * 4)?;
-                for (dst, c) in b[rr].iter_mut().zip(incoming.chunks_exact(4)) {
-                    *dst += f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                let incoming = self.recv(rr.len())?;
+                for (dst, x) in b[rr].iter_mut().zip(incoming) {
+                    *dst += x;
                 }
             }
             for k in 0..w - 1 {
@@ -271,10 +271,8 @@ impl Collective for Ring {
                 sent += bytes.len() as u64;
                 self.send(bytes)?;
                 let rr = chunk(ri);
-                let incoming = self.recv(rr.len() * 4)?;
-                for (dst, c) in b[rr].iter_mut().zip(incoming.chunks_exact(4)) {
-                    *dst = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
+                let incoming = self.recv(rr.len())?;
+                b[rr].copy_from_slice(incoming);
             }
             start = end;
         }
@@ -297,7 +295,7 @@ impl Collective for Ring {
             }
             self.send(msg)?;
             holding = (holding + w - 1) % w;
-            let incoming = self.recv(n * 8)?.to_vec();
+            let incoming: Vec<u8> = bytemuck::cast_slice(self.recv(n * 2)?).to_vec();
             for (dst, c) in all[holding].iter_mut().zip(incoming.chunks_exact(8)) {
                 *dst = f64::from_le_bytes(c.try_into().expect("8"));
             }
