@@ -254,3 +254,46 @@ pub fn digest<B: Backend, M: Module<B>>(m: &M) -> String {
     }
     hex::encode(h.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elf_model::backend::CpuTrain;
+    use elf_shared::config::{EncoderDims, ModelDims};
+
+    fn trainer(accum: usize) -> Trainer<CpuTrain> {
+        let c = Config {
+            grad_accum_steps: accum,
+            max_length: 4,
+            bottleneck_dim: 4,
+            encoder: EncoderDims { vocab_size: 16, d_model: 8, d_kv: 4, num_heads: 2, d_ff: 8, num_layers: 1, ..EncoderDims::default() },
+            model_dims: Some(ModelDims { hidden: 8, depth: 1, heads: 2, mlp_ratio: 4.0 }),
+            ema_decay1: 0.5,
+            ..Config::default()
+        };
+        let device = Default::default();
+        let enc = T5Encoder::random(&c.encoder, &device);
+        Trainer::new(c, enc, 16, device)
+    }
+
+    #[test]
+    fn accumulation_averages_gradients_and_steps_optimizer_and_ema_once() {
+        let mut a = trainer(2);
+        let mut b = trainer(1);
+        let n = a.num_params();
+        // Small gradients: clipping (norm < 1) leaves them unchanged.
+        let g1: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 1e-5).collect();
+        let g2: Vec<f32> = (0..n).map(|i| ((i % 5) as f32 - 2.0) * 2e-5).collect();
+        let (p0, e0) = (a.param_digest(), digest::<elf_model::backend::Cpu, _>(&a.ema));
+        let first = a.apply(g1.clone(), 0.01);
+        assert!(!first.stepped);
+        assert_eq!(a.param_digest(), p0, "no update before the k-th micro step");
+        assert_eq!(digest::<elf_model::backend::Cpu, _>(&a.ema), e0, "EMA moves on optimiser steps only");
+        assert!(a.apply(g2.clone(), 0.01).stepped);
+        let avg: Vec<f32> = g1.iter().zip(&g2).map(|(x, y)| x * 0.5 + y * 0.5).collect();
+        assert!(b.apply(avg, 0.01).stepped);
+        assert_eq!(a.param_digest(), b.param_digest());
+        assert_eq!(digest::<elf_model::backend::Cpu, _>(&a.ema), digest::<elf_model::backend::Cpu, _>(&b.ema));
+        assert_ne!(a.param_digest(), p0);
+    }
+}
