@@ -1,6 +1,7 @@
 //! `elf`: the one user-facing binary (train, config, model, data, bench).
 
 mod bench;
+mod cmd_checkpoint;
 mod cmd_config;
 mod cmd_data;
 mod cmd_model;
@@ -53,6 +54,9 @@ enum Command {
     /// Prepares datasets.
     #[command(subcommand)]
     Data(cmd_data::DataCmd),
+    /// Lists, inspects and verifies checkpoints.
+    #[command(subcommand)]
+    Checkpoint(cmd_checkpoint::CheckpointCmd),
     /// Measures performance against anchors in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -61,10 +65,13 @@ enum Command {
 fn init_logs(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    // Colour only on a terminal: logs also go to files and pipes.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Pretty => b.compact().init(),
         LogFormat::Json => b.json().init(),
@@ -94,16 +101,20 @@ fn main() -> std::process::ExitCode {
         Command::Model(c) => cmd_model::run(c),
         Command::Data(c) => cmd_data::run(c),
         Command::Bench(c) => bench::run(c),
+        Command::Checkpoint(c) => cmd_checkpoint::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of contexts, outermost first.
-            let msg = e
-                .chain()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(": ");
+            // One line: the chain of contexts, outermost first, without repeating a cause the
+            // message before it already quotes.
+            let mut parts: Vec<String> = vec![];
+            for c in e.chain().map(|c| c.to_string()) {
+                if !parts.last().is_some_and(|p| p.contains(&c)) {
+                    parts.push(c);
+                }
+            }
+            let msg = parts.join(": ");
             eprintln!("error: {msg}");
             std::process::ExitCode::FAILURE
         }

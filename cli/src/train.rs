@@ -29,6 +29,13 @@ pub struct TrainArgs {
     /// Overrides, `key=value` (dotted keys reach sections), applied before validation.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Resume from this checkpoint folder (default: the newest valid checkpoint of the run, if
+    /// any).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Stop after this many steps of the run (a later `elf train` resumes it).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
 }
 
 /// Arguments of `elf coordinator`.
@@ -52,6 +59,12 @@ pub struct CoordinatorArgs {
     /// Overrides, `key=value`.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Resume from this checkpoint folder (default: the newest valid checkpoint, if any).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Stop after this many steps of the run (a later coordinator resumes it).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
 }
 
 /// Arguments of `elf worker`.
@@ -94,6 +107,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         run_dir: a.run_dir,
         workers: a.workers,
         events: true,
+        resume: a.resume,
+        stop_after: a.stop_after,
     };
     let outcome = rt.block_on(async move {
         let running = elf_coordinator::start(rc, opts).await?;
@@ -150,6 +165,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         run_dir: a.run_dir.clone(),
         workers: Some(a.workers),
         events: false,
+        resume: a.resume.clone(),
+        stop_after: a.stop_after,
     };
     let mut running = rt.block_on(elf_coordinator::start(rc, opts))?;
     let url = format!("http://{}", running.grpc_addr);

@@ -351,3 +351,153 @@ fn a_peer_that_dies_mid_run_stops_the_run_with_clear_errors() {
         run.coordinator.logs()
     );
 }
+
+fn train(dir: &Path, workers: usize, extra: &[&str]) -> std::process::Output {
+    let d = dir.display().to_string();
+    let w = workers.to_string();
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--run-dir",
+        &d,
+        "--workers",
+        &w,
+        "--set",
+        "checkpoint.interval_steps=4",
+        "--set",
+        "train.max_steps=12",
+    ];
+    args.extend_from_slice(extra);
+    let o = std::process::Command::new(elf())
+        .args(&args)
+        .current_dir(root())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "elf train {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn assert_same_run(a: &Path, b: &Path, what: &str) {
+    let (ta, tb) = (
+        lines(&a.join("metrics/train.jsonl")),
+        lines(&b.join("metrics/train.jsonl")),
+    );
+    assert_eq!(ta.len(), tb.len(), "{what}: steps");
+    for (x, y) in ta.iter().zip(&tb) {
+        assert_eq!(x["step"], y["step"]);
+        let (p, q) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!(
+            (p - q).abs() <= 1e-5 * q.abs(),
+            "{what}: step {} loss {p} vs {q}",
+            x["step"]
+        );
+    }
+    let (pa, pb) = (params(a), params(b));
+    let scale = pb
+        .iter()
+        .flat_map(|(_, v)| v)
+        .fold(0f32, |m, x| m.max(x.abs()));
+    for ((name, x), (_, y)) in pa.iter().zip(&pb) {
+        let err = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(err <= 1e-4 * scale, "{what}: {name} differs by {err}");
+    }
+}
+
+#[test]
+fn resuming_at_another_world_size_continues_the_same_run() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    train(&whole, 2, &[]);
+    for workers in [1usize, 4] {
+        let dir = tmp.path().join(format!("resumed-{workers}"));
+        train(&dir, 2, &["--stop-after", "8"]);
+        assert_eq!(lines(&dir.join("metrics/train.jsonl")).len(), 8);
+        let o = train(&dir, workers, &[]);
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("resuming"),
+            "did not resume"
+        );
+        assert_same_run(&dir, &whole, &format!("2 workers, then {workers}"));
+        let last = lines(&dir.join("metrics/train.jsonl")).pop().unwrap();
+        assert_eq!(last["world_size"], workers);
+    }
+}
+
+#[test]
+fn a_corrupt_shard_is_refused_and_the_previous_checkpoint_is_used() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    train(&whole, 2, &[]);
+    let dir = tmp.path().join("cut");
+    train(&dir, 2, &["--stop-after", "8"]);
+    let shard = dir.join("checkpoints/step-000000007/shard-00001-of-00002.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let v = std::process::Command::new(elf())
+        .args([
+            "checkpoint",
+            "verify",
+            dir.join("checkpoints").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    let e = String::from_utf8_lossy(&v.stderr);
+    assert!(
+        e.contains("shard-00001-of-00002.safetensors") && e.contains("hash mismatch"),
+        "{e}"
+    );
+    let o = train(&dir, 2, &[]);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        log.contains("skipping a corrupt checkpoint")
+            && log.contains("shard-00001-of-00002.safetensors"),
+        "{log}"
+    );
+    assert!(
+        log.contains("step=3"),
+        "must resume from the previous committed step:\n{log}"
+    );
+    assert_same_run(&dir, &whole, "resumed past a corrupt shard");
+}
+
+#[test]
+fn checkpoint_files_load_in_numpy_through_safetensors() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    train(tmp.path(), 1, &["--stop-after", "4"]);
+    let shard = tmp
+        .path()
+        .join("checkpoints/step-000000003/shard-00000-of-00001.safetensors");
+    let script = "import sys; from safetensors.numpy import load_file; t = load_file(sys.argv[1]); \
+                  print(t['params/blocks_0/attn/qkv/kernel'].shape, len(t))";
+    let o = std::process::Command::new("python3")
+        .args(["-c", script, shard.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("(32, 96)"), "{out}");
+    let m = std::process::Command::new(elf())
+        .args([
+            "checkpoint",
+            "inspect",
+            tmp.path().join("checkpoints").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&m.stdout).unwrap();
+    assert_eq!(manifest["step"], 3);
+    assert_eq!(manifest["next_step"], 4);
+    assert_eq!(manifest["world_size"], 1);
+}

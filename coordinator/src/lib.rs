@@ -20,9 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use elf_data::checkpoints;
+use elf_data::source::Location;
 use elf_data::tokenizer::TextTokenizer;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::events;
+use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
 use elf_shared::plan::Plan;
 use elf_shared::proto::coordinator_server::CoordinatorServer;
 use elf_shared::schedule::Schedule;
@@ -31,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
-use crate::state::{ClusterState, Commit, Phase, RunFacts};
+use crate::state::{ClusterState, Commit, CompletedSave, Phase, RunFacts};
 
 /// Per-process facts of a coordinator (never hyperparameters: those are in the config).
 #[derive(Debug, Clone)]
@@ -46,6 +49,12 @@ pub struct Options {
     pub workers: Option<usize>,
     /// Emit JSON events on stdout.
     pub events: bool,
+    /// Resume from this checkpoint folder (default: the newest valid one under the checkpoint
+    /// root, if any).
+    pub resume: Option<String>,
+    /// End this process's run after this many steps (the config's run length is unchanged, so
+    /// a later process resumes it).
+    pub stop_after: Option<u64>,
 }
 
 /// How a run ended.
@@ -94,6 +103,13 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Workers that received their final directive.
     pub finished: Mutex<std::collections::BTreeSet<String>>,
+    /// The checkpoint workers load before their first step.
+    pub resume_from: Option<String>,
+    checkpoint_root: Location,
+    keep_last: usize,
+    seed: u64,
+    /// Manifests being written.
+    pub saves_in_flight: std::sync::atomic::AtomicUsize,
     recorder: Mutex<Recorder>,
     progress: watch::Sender<Progress>,
     tokens_per_step: f64,
@@ -110,17 +126,36 @@ struct Recorder {
     train: File,
     timing: File,
     ranks: Vec<File>,
+    start_step: u64,
     last_commit: Instant,
 }
 
-/// Opens a metrics file for this run (a fresh run starts it empty).
-fn open_fresh(path: &Path) -> anyhow::Result<File> {
-    OpenOptions::new()
+/// Opens a metrics file keeping only the lines of steps before `start` (a fresh run starts it
+/// empty; a resumed one drops the lines of steps it will train again).
+fn open_from(path: &Path, start: u64) -> anyhow::Result<File> {
+    let kept: Vec<String> = match fs::read_to_string(path) {
+        Ok(text) if start > 0 => text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s < start)
+            })
+            .map(str::to_string)
+            .collect(),
+        _ => vec![],
+    };
+    let mut f = OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(path)
-        .with_context(|| format!("{}: cannot open for writing", path.display()))
+        .with_context(|| format!("{}: cannot open for writing", path.display()))?;
+    for l in kept {
+        writeln!(f, "{l}")?;
+    }
+    Ok(f)
 }
 
 impl Recorder {
@@ -134,8 +169,10 @@ impl Recorder {
         writeln!(self.train, "{line}")?;
         while self.ranks.len() < c.reports.len() {
             let r = self.ranks.len();
-            self.ranks
-                .push(open_fresh(&self.dir.join(format!("rank-{r}.jsonl")))?);
+            self.ranks.push(open_from(
+                &self.dir.join(format!("rank-{r}.jsonl")),
+                self.start_step,
+            )?);
         }
         for (rep, f) in c.reports.iter().zip(&mut self.ranks) {
             let line = json!({
@@ -204,6 +241,72 @@ impl Inner {
             p.loss = (r0.loss, r0.ce_loss, r0.l2_loss);
             p.tokens_per_s = self.tokens_per_step / secs.max(1e-9);
         });
+    }
+
+    /// Writes the manifests of every save whose step and shards are all in, off the async
+    /// runtime. Counted as in flight under the state lock, so the driver never sees a save
+    /// neither pending nor in flight while its manifest is being written.
+    pub fn write_complete_saves(self: &Arc<Self>) {
+        let saves = {
+            let mut st = self.state.lock().expect("state lock");
+            let saves = st.take_complete_saves();
+            self.saves_in_flight
+                .fetch_add(saves.len(), std::sync::atomic::Ordering::SeqCst);
+            saves
+        };
+        for save in saves {
+            let me = self.clone();
+            std::thread::spawn(move || {
+                match me.write_manifest(&save) {
+                    Ok(deleted) => {
+                        tracing::info!(step = save.step, ?deleted, "checkpoint committed");
+                        me.metrics.checkpoint_saves.inc();
+                        me.metrics.checkpoint_last_step.set(save.step as i64);
+                    }
+                    Err(e) => {
+                        tracing::warn!(step = save.step, error = %e, "checkpoint manifest not written; training continues");
+                        me.metrics.checkpoint_failures.inc();
+                    }
+                }
+                me.saves_in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    }
+
+    fn write_manifest(&self, save: &CompletedSave) -> anyhow::Result<Vec<u64>> {
+        let r0 = save.shards.first().context("no shards")?;
+        let tensors: Vec<TensorEntry> =
+            serde_json::from_str(&r0.tensors_json).context("rank 0 sent no tensor index")?;
+        let c = &save.commit.reports[0];
+        let m = Manifest {
+            format: elf_shared::manifest::FORMAT,
+            step: save.step,
+            next_step: save.step + 1,
+            optimizer_count: r0.optimizer_count,
+            config_hash: self.config_hash.clone(),
+            config_yaml: self.config_yaml.clone(),
+            world_size: save.shards.len() as u32,
+            numel: r0.numel,
+            tensors,
+            shards: save
+                .shards
+                .iter()
+                .map(|s| ShardEntry {
+                    file: s.file.clone(),
+                    sha256: s.sha256.clone(),
+                    size: s.size,
+                    start: s.start,
+                    len: s.len,
+                })
+                .collect(),
+            seed: self.seed,
+            metrics: json!({"loss": c.loss, "ce_loss": c.ce_loss, "l2_loss": c.l2_loss, "grad_norm": c.grad_norm,
+                            "lr": save.commit.lr, "param_digest": c.param_digest}),
+            eval: serde_json::Value::Null,
+        };
+        checkpoints::commit(&self.checkpoint_root, &m)?;
+        Ok(checkpoints::retain(&self.checkpoint_root, self.keep_last)?)
     }
 
     /// Returns the `/status` document.
@@ -297,6 +400,33 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
     }
     let spe = plan.steps_per_epoch();
     let total_steps = c.train.max_steps.unwrap_or(spe * c.epochs);
+    let hash = c.hash().0;
+    let root_spec = c
+        .checkpoint
+        .url
+        .clone()
+        .unwrap_or_else(|| opts.run_dir.join("checkpoints").display().to_string());
+    let checkpoint_root = Location::parse(&root_spec)?;
+    let resume = match &opts.resume {
+        Some(url) => {
+            let dir = Location::parse(url)?;
+            let m = checkpoints::read_manifest(&dir)?;
+            checkpoints::verify(&dir, &m)?;
+            Some((dir, m))
+        }
+        None => checkpoints::newest_valid(&checkpoint_root)?,
+    };
+    if let Some((dir, m)) = &resume {
+        if m.config_hash != hash {
+            anyhow::bail!(
+                "{}: written by config {} but this config hashes to {hash}; resume with the same config or use a new run dir",
+                dir.display(),
+                m.config_hash
+            );
+        }
+        tracing::info!(checkpoint = %dir.display(), step = m.step, world_size = m.world_size, "resuming");
+    }
+    let start_step = resume.as_ref().map_or(0, |(_, m)| m.next_step);
     let facts = RunFacts {
         expected: workers,
         total_steps,
@@ -305,6 +435,10 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
         grad_accum: c.grad_accum_steps as u64,
         shard,
         heartbeat_timeout: Duration::from_millis(c.cluster.heartbeat_timeout_ms),
+        save_interval: c.checkpoint.interval_steps,
+        save_final: c.checkpoint.save_final,
+        checkpoint_root: checkpoint_root.display(),
+        stop_after: opts.stop_after,
     };
     let dir = &opts.run_dir;
     fs::create_dir_all(dir.join("metrics"))
@@ -314,18 +448,18 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
         .with_context(|| format!("{}: cannot write config.yaml", dir.display()))?;
     let recorder = Recorder {
         dir: dir.join("metrics"),
-        train: open_fresh(&dir.join("metrics/train.jsonl"))?,
-        timing: open_fresh(&dir.join("metrics/timing.jsonl"))?,
+        train: open_from(&dir.join("metrics/train.jsonl"), start_step)?,
+        timing: open_from(&dir.join("metrics/timing.jsonl"), start_step)?,
         ranks: vec![],
+        start_step,
         last_commit: Instant::now(),
     };
-    let hash = c.hash().0;
     let (ptx, prx) = watch::channel(Progress {
         total: total_steps,
         ..Progress::default()
     });
     let inner = Arc::new(Inner {
-        state: Mutex::new(ClusterState::new(facts, 0)),
+        state: Mutex::new(ClusterState::new(facts, start_step)),
         notify: Notify::new(),
         config_yaml: yaml,
         run_id: format!("elf-{}", &hash[..12]),
@@ -334,6 +468,11 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
         heartbeat_ms: c.cluster.heartbeat_ms as u32,
         metrics: Metrics::new(),
         finished: Mutex::new(Default::default()),
+        resume_from: resume.map(|(d, _)| d.display()),
+        checkpoint_root,
+        keep_last: c.checkpoint.keep_last,
+        seed: c.seed,
+        saves_in_flight: std::sync::atomic::AtomicUsize::new(0),
         recorder: Mutex::new(recorder),
         progress: ptx,
         tokens_per_step: (g as usize * c.max_length) as f64,
@@ -405,6 +544,7 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
 /// Ticks the state until the run ends, then waits (bounded) for the workers to hear of it.
 async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
     let mut last_step = u64::MAX;
+    let mut save_deadline: Option<Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (phase, step, quorum) = {
@@ -427,7 +567,25 @@ async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
             events::emit("step", json!({"step": step - 1}));
         }
         last_step = step;
+        let saving = !inner
+            .state
+            .lock()
+            .expect("state lock")
+            .pending_saves()
+            .is_empty()
+            || inner
+                .saves_in_flight
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0;
         let outcome = match phase {
+            Phase::Done
+                if saving
+                    && save_deadline
+                        .get_or_insert_with(|| Instant::now() + Duration::from_secs(60))
+                        > &mut Instant::now() =>
+            {
+                continue;
+            }
             Phase::Done => Outcome::Done { steps: step },
             Phase::Failed(why) => Outcome::Failed(why),
             _ => continue,

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub allreduce_seconds: GaugeVec,
     /// Bytes each rank moved through the all-reduce, cumulative (`rank`).
     pub allreduce_bytes: GaugeVec,
+    /// Checkpoints committed.
+    pub checkpoint_saves: IntCounter,
+    /// Checkpoint saves that failed.
+    pub checkpoint_failures: IntCounter,
+    /// Step of the last committed checkpoint.
+    pub checkpoint_last_step: IntGauge,
 }
 
 impl Metrics {
@@ -105,6 +111,18 @@ impl Metrics {
                 "elf_allreduce_bytes",
                 "Bytes a rank sent through the all-reduce, cumulative.",
                 &["rank"],
+            ),
+            checkpoint_saves: c(
+                "elf_checkpoint_saves_total",
+                "Checkpoints committed (manifest written).",
+            ),
+            checkpoint_failures: c(
+                "elf_checkpoint_failures_total",
+                "Checkpoint saves that failed; training continued.",
+            ),
+            checkpoint_last_step: ig(
+                "elf_checkpoint_last_step",
+                "Step of the last committed checkpoint.",
             ),
             registry,
         }

@@ -8,7 +8,7 @@ use elf_shared::proto::coordinator_server::Coordinator;
 use elf_shared::proto::step_directive::Kind;
 use elf_shared::proto::{
     HeartbeatRequest, HeartbeatResponse, NextStepRequest, RegisterRequest, RegisterResponse,
-    ReportAck, StatusRequest, StatusResponse, StepDirective, StepReport,
+    ReportAck, ShardReport, StatusRequest, StatusResponse, StepDirective, StepReport,
 };
 use tonic::{Request, Response, Status};
 
@@ -48,6 +48,7 @@ impl Coordinator for Service {
                     run_dir: self.inner.run_dir.display().to_string(),
                     heartbeat_ms: self.inner.heartbeat_ms,
                     run_id: self.inner.run_id.clone(),
+                    resume_from: self.inner.resume_from.clone().unwrap_or_default(),
                 }))
             }
             Err(e) => {
@@ -117,6 +118,7 @@ impl Coordinator for Service {
             Ok(Some(commit)) => {
                 tracing::debug!(step = commit.step, "step committed");
                 self.inner.on_commit(&commit);
+                self.inner.write_complete_saves();
                 ReportAck {
                     accepted: true,
                     reason: String::new(),
@@ -133,6 +135,26 @@ impl Coordinator for Service {
         };
         self.inner.notify.notify_waiters();
         Ok(Response::new(ack))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, step = req.get_ref().step))]
+    async fn report_shard(&self, req: Request<ShardReport>) -> Result<Response<ReportAck>, Status> {
+        let failed = self
+            .inner
+            .state
+            .lock()
+            .expect("state lock")
+            .report_shard(req.into_inner());
+        if let Some(why) = failed {
+            tracing::warn!(reason = %why, "checkpoint save failed; training continues");
+            self.inner.metrics.checkpoint_failures.inc();
+        }
+        self.inner.write_complete_saves();
+        self.inner.notify.notify_waiters();
+        Ok(Response::new(ReportAck {
+            accepted: true,
+            reason: String::new(),
+        }))
     }
 
     async fn status(

@@ -11,9 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use elf_shared::manifest::step_dir;
 use elf_shared::plan::Plan;
 use elf_shared::proto::{
-    PROTOCOL_VERSION, RegisterRequest, StepDirective, StepReport, step_directive::Kind,
+    PROTOCOL_VERSION, RegisterRequest, ShardReport, StepDirective, StepReport, step_directive::Kind,
 };
 use elf_shared::schedule::Schedule;
 
@@ -84,6 +85,47 @@ pub struct RunFacts {
     pub shard: u64,
     /// Eviction threshold.
     pub heartbeat_timeout: Duration,
+    /// Save every this many steps (0: only at the end).
+    pub save_interval: u64,
+    /// Save after the last step this process runs.
+    pub save_final: bool,
+    /// Where checkpoint folders go (URL or path).
+    pub checkpoint_root: String,
+    /// Stop (done) after this many steps even if the run has more (for staged runs and tests).
+    pub stop_after: Option<u64>,
+}
+
+impl RunFacts {
+    /// Returns the step after which this process stops.
+    pub fn end(&self) -> u64 {
+        self.stop_after
+            .map_or(self.total_steps, |s| s.min(self.total_steps))
+    }
+
+    /// Returns true when the state after `step` is to be checkpointed.
+    pub fn saves_after(&self, step: u64) -> bool {
+        let k = step + 1;
+        (self.save_interval > 0 && k.is_multiple_of(self.save_interval))
+            || (self.save_final && k == self.end())
+    }
+}
+
+/// A checkpoint whose shards and step are all in: the driver writes its manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletedSave {
+    /// The step.
+    pub step: u64,
+    /// Shard reports in rank order (rank 0 carries the tensor index).
+    pub shards: Vec<ShardReport>,
+    /// The commit of the step.
+    pub commit: Commit,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PendingSave {
+    world: u32,
+    shards: BTreeMap<u32, ShardReport>,
+    commit: Option<Commit>,
 }
 
 /// The coordinator's state.
@@ -96,6 +138,7 @@ pub struct ClusterState {
     step: u64,
     reports: BTreeMap<u32, StepReport>,
     phase: Phase,
+    saves: BTreeMap<u64, PendingSave>,
 }
 
 /// Why a request was refused.
@@ -106,7 +149,7 @@ pub struct Refused(pub String);
 impl ClusterState {
     /// Starts a run at step `start`.
     pub fn new(facts: RunFacts, start: u64) -> Self {
-        let phase = if start >= facts.total_steps {
+        let phase = if start >= facts.end() {
             Phase::Done
         } else {
             Phase::Forming
@@ -119,6 +162,7 @@ impl ClusterState {
             step: start,
             reports: BTreeMap::new(),
             phase,
+            saves: BTreeMap::new(),
         }
     }
 
@@ -326,6 +370,12 @@ impl ClusterState {
             lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
             reason: String::new(),
             total_steps: total,
+            save: self.facts.saves_after(self.step),
+            checkpoint_dir: format!(
+                "{}/{}",
+                self.facts.checkpoint_root.trim_end_matches('/'),
+                step_dir(self.step)
+            ),
         }
     }
 
@@ -382,11 +432,58 @@ impl ClusterState {
             lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
             reports,
         };
+        if self.facts.saves_after(self.step) {
+            let p = self.saves.entry(self.step).or_default();
+            p.world = commit.quorum.ranks.len() as u32;
+            p.commit = Some(commit.clone());
+        }
         self.step += 1;
-        if self.step >= self.facts.total_steps {
+        if self.step >= self.facts.end() {
             self.phase = Phase::Done;
         }
         Ok(Some(commit))
+    }
+
+    /// Records a shard report; returns the reason when the worker's save failed (the save is
+    /// dropped and training continues).
+    pub fn report_shard(&mut self, r: ShardReport) -> Option<String> {
+        if !r.error.is_empty() {
+            self.saves.remove(&r.step);
+            return Some(format!(
+                "worker {} could not save step {}: {}",
+                r.worker_id, r.step, r.error
+            ));
+        }
+        let p = self.saves.entry(r.step).or_default();
+        p.world = r.world_size;
+        p.shards.insert(r.rank, r);
+        None
+    }
+
+    /// Removes and returns every save whose step committed and whose shards are all in (shards
+    /// may arrive before or after the commit).
+    pub fn take_complete_saves(&mut self) -> Vec<CompletedSave> {
+        let done: Vec<u64> = self
+            .saves
+            .iter()
+            .filter(|(_, p)| p.commit.is_some() && p.world > 0 && p.shards.len() as u32 == p.world)
+            .map(|(s, _)| *s)
+            .collect();
+        done.into_iter()
+            .map(|step| {
+                let p = self.saves.remove(&step).expect("listed above");
+                CompletedSave {
+                    step,
+                    shards: p.shards.into_values().collect(),
+                    commit: p.commit.expect("filtered"),
+                }
+            })
+            .collect()
+    }
+
+    /// Returns the steps whose checkpoints are still being written.
+    pub fn pending_saves(&self) -> Vec<u64> {
+        self.saves.keys().copied().collect()
     }
 
     /// Marks the run failed (used by the driver for errors outside the protocol).
@@ -414,6 +511,10 @@ mod tests {
             grad_accum: 1,
             shard: 2,
             heartbeat_timeout: Duration::from_secs(5),
+            save_interval: 0,
+            save_final: false,
+            checkpoint_root: "ckpt".into(),
+            stop_after: None,
         }
     }
 
@@ -519,6 +620,58 @@ mod tests {
             &Phase::Failed("worker b missed heartbeats for more than 5000 ms at step 0".into())
         );
         assert!(!s.heartbeat(t2, "b"));
+    }
+
+    #[test]
+    fn saves_complete_when_every_shard_and_the_commit_are_in() {
+        let now = Instant::now();
+        let mut f = facts(2, 4);
+        f.save_interval = 2;
+        f.stop_after = Some(3);
+        f.save_final = true;
+        assert_eq!(f.end(), 3);
+        assert!(!f.saves_after(0) && f.saves_after(1) && f.saves_after(2));
+        let mut s = ClusterState::new(f, 0);
+        s.register(now, &member("a")).unwrap();
+        s.register(now, &member("b")).unwrap();
+        let shard = |id: &str, step: u64, rank: u32| ShardReport {
+            worker_id: id.into(),
+            step,
+            rank,
+            world_size: 2,
+            file: format!("shard-{rank}"),
+            ..Default::default()
+        };
+        for step in 0..2u64 {
+            let (da, db) = (
+                s.directive("a", step.checked_sub(1)),
+                s.directive("b", step.checked_sub(1)),
+            );
+            assert_eq!(da.save, step == 1);
+            assert_eq!(da.checkpoint_dir, format!("ckpt/step-{step:09}"));
+            if step == 1 {
+                // Shards may arrive before the step commits.
+                assert_eq!(s.report_shard(shard("a", 1, 0)), None);
+                assert_eq!(s.report_shard(shard("b", 1, 1)), None);
+                assert!(s.take_complete_saves().is_empty(), "not committed yet");
+            }
+            s.report(now, report(&da, "a", "x")).unwrap();
+            s.report(now, report(&db, "b", "x")).unwrap();
+        }
+        let saves = s.take_complete_saves();
+        assert_eq!(saves.len(), 1);
+        let c = &saves[0];
+        assert_eq!(
+            (c.step, c.shards.len(), c.commit.step, c.shards[0].rank),
+            (1, 2, 1, 0)
+        );
+        assert!(s.pending_saves().is_empty());
+        let mut bad = shard("a", 2, 0);
+        bad.error = "store timed out".into();
+        assert_eq!(
+            s.report_shard(bad).unwrap(),
+            "worker a could not save step 2: store timed out"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`source`]: byte-range access to local files and object stores.
+//! - [`checkpoints`]: checkpoint manifests, `latest`, verification, retention.
 //! - [`arrow`]: HF `save_to_disk` folders (Arrow IPC stream shards).
 //! - [`parquet`]: parquet files and folders.
 //! - [`jsonl`]: JSONL, tokenised at load.
@@ -14,6 +15,7 @@
 //! - [`prepare`]: `elf data prepare`, text in, sharded tokenised dataset out.
 
 pub mod arrow;
+pub mod checkpoints;
 pub mod collate;
 pub mod jsonl;
 pub mod parquet;

@@ -317,6 +317,68 @@ impl Location {
         }
     }
 
+    /// Writes a whole file or object atomically: a local file is written beside its final name
+    /// and renamed; an object-store PUT is atomic by itself.
+    ///
+    /// # Errors
+    /// IO or store errors, naming the location.
+    pub fn put(&self, bytes: Vec<u8>) -> Result<(), DataError> {
+        match self {
+            Self::Local(p) => {
+                let name = p.display().to_string();
+                if let Some(dir) = p.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| DataError::io(&name, e))?;
+                }
+                let tmp = p.with_file_name(format!(
+                    ".{}.partial",
+                    p.file_name()
+                        .map(|s| s.to_string_lossy())
+                        .unwrap_or_default()
+                ));
+                std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&name, e))?;
+                std::fs::rename(&tmp, p).map_err(|e| DataError::io(&name, e))
+            }
+            Self::Store { store, path, url } => {
+                let (s, p) = (store.clone(), path.clone());
+                runtime()
+                    .block_on(async move { s.put(&p, bytes.into()).await })
+                    .map(|_| ())
+                    .map_err(|e| DataError::Store {
+                        name: url.clone(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Deletes a folder (or every object under a prefix); a missing one is not an error.
+    ///
+    /// # Errors
+    /// IO or store errors.
+    pub fn delete_all(&self) -> Result<(), DataError> {
+        match self {
+            Self::Local(p) => match std::fs::remove_dir_all(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(DataError::io(&p.display().to_string(), e))
+                }
+                _ => Ok(()),
+            },
+            Self::Store { store, path, url } => {
+                let names = list_recursive(store.clone(), path.clone())?;
+                for n in names {
+                    let (s, p) = (store.clone(), StorePath::from(n));
+                    runtime()
+                        .block_on(async move { s.delete(&p).await })
+                        .map_err(|e| DataError::Store {
+                            name: url.clone(),
+                            message: e.to_string(),
+                        })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Reads a whole (small) file or object.
     ///
     /// # Errors

@@ -238,6 +238,35 @@ impl Default for ClusterSection {
     }
 }
 
+/// Checkpoints on object storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointSection {
+    /// Save every this many steps (0: only the final step, when `save_final`).
+    pub interval_steps: u64,
+    /// Committed checkpoints kept (the one `latest` names is never deleted).
+    pub keep_last: usize,
+    /// Where checkpoints go (`file://`, `s3://`, `gs://`, `az://`, `memory://` or a path);
+    /// default `<run dir>/checkpoints`.
+    pub url: Option<String>,
+    /// Save after the last step.
+    pub save_final: bool,
+    /// Upload attempts per shard.
+    pub upload_retries: usize,
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        Self {
+            interval_steps: 0,
+            keep_last: 3,
+            url: None,
+            save_final: true,
+            upload_retries: 3,
+        }
+    }
+}
+
 /// The resolved run configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -412,6 +441,8 @@ pub struct Config {
     pub train: TrainSection,
     /// Cluster settings.
     pub cluster: ClusterSection,
+    /// Checkpoint settings.
+    pub checkpoint: CheckpointSection,
 }
 
 impl Default for Config {
@@ -487,6 +518,7 @@ impl Default for Config {
             model_dims: None,
             train: TrainSection::default(),
             cluster: ClusterSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 }
@@ -680,6 +712,19 @@ impl Config {
         }
         if self.cluster.heartbeat_timeout_ms <= self.cluster.heartbeat_ms {
             p.push("cluster.heartbeat_timeout_ms must exceed cluster.heartbeat_ms".into());
+        }
+        if !self
+            .checkpoint
+            .interval_steps
+            .is_multiple_of(self.grad_accum_steps.max(1) as u64)
+        {
+            p.push(format!(
+                "checkpoint.interval_steps ({}) must be a multiple of grad_accum_steps ({}): saves happen on optimiser steps",
+                self.checkpoint.interval_steps, self.grad_accum_steps
+            ));
+        }
+        if self.checkpoint.keep_last == 0 {
+            p.push("checkpoint.keep_last must be >= 1".into());
         }
         if self.train.micro_batch_size == Some(0) {
             p.push("train.micro_batch_size must be >= 1".into());

@@ -5,6 +5,7 @@
 //! - [`config`]: the reference's flat YAML plus our sections; load, override, validate, hash.
 //! - [`events`]: JSON event lines on stdout.
 //! - [`http`]: the small `/metrics` and `/status` endpoint.
+//! - [`manifest`]: the checkpoint manifest and shard layout.
 //! - [`plan`]: the world-size-invariant sample plan (which rows each step and rank train).
 //! - [`proto`]: the gRPC wire protocol (generated from `proto/elf/v1/coordinator.proto`).
 //! - [`schedule`]: the learning-rate schedule (warmup, constant or cosine).
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod events;
 pub mod http;
+pub mod manifest;
 pub mod plan;
 pub mod proto;
 pub mod schedule;

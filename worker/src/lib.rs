@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`batch`]: a rank's share of a global batch: rows, branch coins, draws, loss weights.
+//! - [`checkpoint`]: checkpoint shards in and out of object storage.
 //! - [`collective`]: the collective trait and the TCP ring all-reduce.
 //! - [`node`]: the worker process loop (register, train directives, report).
 //! - [`trainer`]: a replica's state; gradients, then clip/optimiser/EMA.
@@ -9,6 +10,7 @@
 //! - [`setup`]: building a replica and its data from a resolved config.
 
 pub mod batch;
+pub mod checkpoint;
 pub mod collective;
 pub mod generate;
 pub mod node;

@@ -26,10 +26,14 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 use crate::batch;
+use crate::checkpoint::write_shard;
 use crate::collective::{Collective, Ring, Single};
 use crate::generate::{generate, sweep};
 use crate::setup::{DataSetup, load_encoder};
 use crate::trainer::Trainer;
+use elf_data::source::Location;
+use elf_shared::manifest::{TensorEntry, shard_file, shard_range};
+use elf_shared::proto::ShardReport;
 
 /// Per-process facts of a worker.
 #[derive(Debug, Clone)]
@@ -203,7 +207,15 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
     let ds = DataSetup::open(&rc)?;
     let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
     let mut tr = Trainer::<B>::new(c.clone(), encoder, ds.vocab, device.clone());
+    if !reg.resume_from.is_empty() {
+        let dir = Location::parse(&reg.resume_from)?;
+        let m = elf_data::checkpoints::read_manifest(&dir)?;
+        let state = crate::checkpoint::read_state(&dir, &m)?;
+        tr.restore(&m.tensors, &state, m.optimizer_count)?;
+        tracing::info!(checkpoint = %reg.resume_from, step = m.step, written_by = m.world_size, "state loaded");
+    }
     let run_dir = PathBuf::from(&reg.run_dir);
+    let mut upload: Option<std::thread::JoinHandle<()>> = None;
     let timeout = Duration::from_millis(c.cluster.collective_timeout_ms);
     let bucket = c.cluster.bucket_mib << 20;
     let micro = c.train.micro_batch_size.unwrap_or(c.global_batch_size);
@@ -225,6 +237,9 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
             Kind::Stop => bail!("stopped by the coordinator: {}", d.reason),
             Kind::Done => {
                 tracing::info!(steps = d.step, "run complete");
+                if let Some(h) = upload.take() {
+                    let _ = h.join();
+                }
                 if last_rank == 0 {
                     let params = elf_model::weights::named_host_params::<B::InnerBackend, _>(
                         &burn::module::AutodiffModule::valid(&tr.model),
@@ -295,6 +310,27 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
             }
         };
         let applied = tr.apply(grads, d.lr);
+        if d.save {
+            // The step loop pays for the host snapshot only; the upload runs beside the next
+            // steps. At most one upload is in flight: a second save waits for the first.
+            let (tensors, data) = tr.snapshot();
+            if let Some(h) = upload.take() {
+                let _ = h.join();
+            }
+            let job = SaveJob {
+                dir: d.checkpoint_dir.clone(),
+                worker_id: opts.worker_id.clone(),
+                step: d.step,
+                rank: d.rank,
+                world: d.world_size,
+                retries: c.checkpoint.upload_retries,
+                optimizer_count: tr.optimizer.count,
+            };
+            let (client, handle) = (client.clone(), rt.handle().clone());
+            upload = Some(std::thread::spawn(move || {
+                job.run(tensors, data, client, handle)
+            }));
+        }
         let totals = crate::trainer::LossParts { loss, ce, l2 };
         let (ce_loss, l2_loss) = totals.rescaled(c.decoder_prob);
         report.loss = loss;
@@ -327,6 +363,74 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         }
         last_rank = d.rank;
         after = Some(d.step);
+    }
+}
+
+/// One rank's shard of a checkpoint, uploaded in the background.
+struct SaveJob {
+    dir: String,
+    worker_id: String,
+    step: u64,
+    rank: u32,
+    world: u32,
+    retries: usize,
+    optimizer_count: u64,
+}
+
+impl SaveJob {
+    fn run(
+        self,
+        tensors: Vec<TensorEntry>,
+        data: Vec<f32>,
+        mut client: CoordinatorClient<Channel>,
+        rt: tokio::runtime::Handle,
+    ) {
+        let n = data.len() as u64;
+        let (a, b) = shard_range(n, self.rank as u64, self.world as u64);
+        let file = shard_file(self.rank, self.world);
+        let mut report = ShardReport {
+            worker_id: self.worker_id,
+            step: self.step,
+            rank: self.rank,
+            world_size: self.world,
+            numel: n,
+            optimizer_count: self.optimizer_count,
+            ..Default::default()
+        };
+        let result = Location::parse(&self.dir)
+            .map_err(|e| e.to_string())
+            .and_then(|dir| {
+                write_shard(
+                    &dir,
+                    &file,
+                    &tensors,
+                    &data[a as usize..b as usize],
+                    a,
+                    b,
+                    self.retries,
+                )
+                .map_err(|e| e.0)
+            });
+        match result {
+            Ok(entry) => {
+                report.file = entry.file;
+                report.sha256 = entry.sha256;
+                report.size = entry.size;
+                report.start = entry.start;
+                report.len = entry.len;
+                if self.rank == 0 {
+                    report.tensors_json =
+                        serde_json::to_string(&tensors).expect("index serialises");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(step = self.step, error = %e, "checkpoint shard not saved");
+                report.error = e;
+            }
+        }
+        if let Err(e) = rt.block_on(client.report_shard(report)) {
+            tracing::warn!(error = %e.message(), "could not report the checkpoint shard");
+        }
     }
 }
 

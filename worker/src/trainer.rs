@@ -238,6 +238,113 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
     }
 
+    /// Copies the whole training state to host memory as one flat vector with its index:
+    /// parameters, EMA, then the optimiser moments, each in module order.
+    pub fn snapshot(&self) -> (Vec<elf_shared::manifest::TensorEntry>, Vec<f32>) {
+        use elf_shared::manifest::TensorEntry;
+        let infos = param_infos::<B, _>(&self.model);
+        let mut entries = Vec::new();
+        let mut data: Vec<f32> = Vec::new();
+        let mut push = |name: String, shape: &[usize], v: Vec<f32>| {
+            entries.push(TensorEntry {
+                name,
+                shape: shape.to_vec(),
+                offset: data.len() as u64,
+            });
+            data.extend(v);
+        };
+        for (info, t) in infos
+            .iter()
+            .zip(flat_params::<B::InnerBackend, _>(&self.model.valid()))
+        {
+            push(format!("params/{}", info.name), &info.shape, to_vec(t));
+        }
+        for (info, t) in infos
+            .iter()
+            .zip(flat_params::<B::InnerBackend, _>(&self.ema))
+        {
+            push(format!("ema/{}", info.name), &info.shape, to_vec(t));
+        }
+        for (info, st) in infos.iter().zip(&self.optimizer.states) {
+            push(
+                format!("opt_mu/{}", info.name),
+                &info.shape,
+                to_vec(st.mu.clone()),
+            );
+            if let Some(nu) = &st.nu {
+                push(
+                    format!("opt_nu/{}", info.name),
+                    &info.shape,
+                    to_vec(nu.clone()),
+                );
+            }
+        }
+        (entries, data)
+    }
+
+    /// Replaces the training state by a snapshot (possibly written at another world size).
+    ///
+    /// # Errors
+    /// A tensor of this model missing from the snapshot or of another shape.
+    pub fn restore(
+        &mut self,
+        entries: &[elf_shared::manifest::TensorEntry],
+        data: &[f32],
+        optimizer_count: u64,
+    ) -> anyhow::Result<()> {
+        let index: std::collections::HashMap<&str, &elf_shared::manifest::TensorEntry> =
+            entries.iter().map(|e| (e.name.as_str(), e)).collect();
+        let get = |name: &str, shape: &[usize]| -> anyhow::Result<Vec<f32>> {
+            let e = index
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor {name}"))?;
+            anyhow::ensure!(
+                e.shape == shape,
+                "checkpoint tensor {name} has shape {:?}, the model needs {shape:?}",
+                e.shape
+            );
+            Ok(data[e.offset as usize..(e.offset + e.numel()) as usize].to_vec())
+        };
+        let infos = param_infos::<B, _>(&self.model);
+        let mut live = Vec::with_capacity(infos.len());
+        let mut ema = Vec::with_capacity(infos.len());
+        for info in &infos {
+            live.push(get(&format!("params/{}", info.name), &info.shape)?);
+            ema.push(get(&format!("ema/{}", info.name), &info.shape)?);
+        }
+        for (info, st) in infos.iter().zip(self.optimizer.states.iter_mut()) {
+            let n = st.mu.dims()[0];
+            st.mu = tensor(
+                get(&format!("opt_mu/{}", info.name), &info.shape)?,
+                [n],
+                &self.device,
+            );
+            if st.nu.is_some() {
+                st.nu = Some(tensor(
+                    get(&format!("opt_nu/{}", info.name), &info.shape)?,
+                    [n],
+                    &self.device,
+                ));
+            }
+        }
+        self.optimizer.count = optimizer_count;
+        let mut i = 0;
+        self.model = map_params(self.model.clone(), &mut |_, _, _| {
+            i += 1;
+            let v = live[i - 1].clone();
+            let n = v.len();
+            Tensor::from_inner(tensor(v, [n], &self.device))
+        });
+        let mut j = 0;
+        self.ema = map_params(self.ema.clone(), &mut |_, _, _| {
+            j += 1;
+            let v = ema[j - 1].clone();
+            let n = v.len();
+            tensor(v, [n], &self.device)
+        });
+        Ok(())
+    }
+
     /// Returns the sha256 of the live parameters' bytes (equal on every replica at every step).
     pub fn param_digest(&self) -> String {
         digest::<B::InnerBackend, _>(&self.model.valid())
@@ -266,8 +373,21 @@ mod tests {
             grad_accum_steps: accum,
             max_length: 4,
             bottleneck_dim: 4,
-            encoder: EncoderDims { vocab_size: 16, d_model: 8, d_kv: 4, num_heads: 2, d_ff: 8, num_layers: 1, ..EncoderDims::default() },
-            model_dims: Some(ModelDims { hidden: 8, depth: 1, heads: 2, mlp_ratio: 4.0 }),
+            encoder: EncoderDims {
+                vocab_size: 16,
+                d_model: 8,
+                d_kv: 4,
+                num_heads: 2,
+                d_ff: 8,
+                num_layers: 1,
+                ..EncoderDims::default()
+            },
+            model_dims: Some(ModelDims {
+                hidden: 8,
+                depth: 1,
+                heads: 2,
+                mlp_ratio: 4.0,
+            }),
             ema_decay1: 0.5,
             ..Config::default()
         };
@@ -284,16 +404,26 @@ mod tests {
         // Small gradients: clipping (norm < 1) leaves them unchanged.
         let g1: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 1e-5).collect();
         let g2: Vec<f32> = (0..n).map(|i| ((i % 5) as f32 - 2.0) * 2e-5).collect();
-        let (p0, e0) = (a.param_digest(), digest::<elf_model::backend::Cpu, _>(&a.ema));
+        let (p0, e0) = (
+            a.param_digest(),
+            digest::<elf_model::backend::Cpu, _>(&a.ema),
+        );
         let first = a.apply(g1.clone(), 0.01);
         assert!(!first.stepped);
         assert_eq!(a.param_digest(), p0, "no update before the k-th micro step");
-        assert_eq!(digest::<elf_model::backend::Cpu, _>(&a.ema), e0, "EMA moves on optimiser steps only");
+        assert_eq!(
+            digest::<elf_model::backend::Cpu, _>(&a.ema),
+            e0,
+            "EMA moves on optimiser steps only"
+        );
         assert!(a.apply(g2.clone(), 0.01).stepped);
         let avg: Vec<f32> = g1.iter().zip(&g2).map(|(x, y)| x * 0.5 + y * 0.5).collect();
         assert!(b.apply(avg, 0.01).stepped);
         assert_eq!(a.param_digest(), b.param_digest());
-        assert_eq!(digest::<elf_model::backend::Cpu, _>(&a.ema), digest::<elf_model::backend::Cpu, _>(&b.ema));
+        assert_eq!(
+            digest::<elf_model::backend::Cpu, _>(&a.ema),
+            digest::<elf_model::backend::Cpu, _>(&b.ema)
+        );
         assert_ne!(a.param_digest(), p0);
     }
 }

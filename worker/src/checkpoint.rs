@@ -1,0 +1,264 @@
+//! Checkpoint shards: encoding a rank's share of the flat training state as safetensors, and
+//! reading a committed checkpoint back (at any world size) with every shard's hash checked.
+//!
+//! In a shard, a tensor that lies wholly inside the shard keeps its name and shape
+//! (`params/blocks_0/attn/qkv/kernel`), so a one-rank checkpoint is an ordinary safetensors
+//! file of named tensors; a tensor cut by a shard boundary appears as the flat piece
+//! `<name>@<first>:<end>` (element offsets within the tensor).
+
+use std::collections::{BTreeMap, HashMap};
+
+use elf_data::source::Location;
+use elf_model::weights::{HostTensor, TensorFile, to_safetensors};
+use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
+use sha2::{Digest, Sha256};
+
+/// A checkpoint error, naming the shard or manifest.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckpointError(pub String);
+
+/// Encodes the flat elements `[start, end)` of a state indexed by `tensors`.
+pub fn encode_shard(tensors: &[TensorEntry], data: &[f32], start: u64, end: u64) -> Vec<u8> {
+    let mut out = BTreeMap::new();
+    for t in tensors {
+        let (a, b) = (t.offset, t.offset + t.numel());
+        let (lo, hi) = (a.max(start), b.min(end));
+        if lo >= hi {
+            continue;
+        }
+        let piece = data[(lo - start) as usize..(hi - start) as usize].to_vec();
+        if lo == a && hi == b {
+            out.insert(
+                t.name.clone(),
+                HostTensor {
+                    shape: t.shape.clone(),
+                    data: piece,
+                },
+            );
+        } else {
+            let name = format!("{}@{}:{}", t.name, lo - a, hi - a);
+            out.insert(
+                name,
+                HostTensor {
+                    shape: vec![piece.len()],
+                    data: piece,
+                },
+            );
+        }
+    }
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "elf-state-v1".to_string());
+    meta.insert("start".to_string(), start.to_string());
+    meta.insert("len".to_string(), (end - start).to_string());
+    to_safetensors(&out, Some(meta))
+}
+
+/// Returns the hex sha256 of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes one shard into `dir` and returns its manifest entry.
+///
+/// # Errors
+/// The upload failed after `retries` attempts.
+pub fn write_shard(
+    dir: &Location,
+    file: &str,
+    tensors: &[TensorEntry],
+    data: &[f32],
+    start: u64,
+    end: u64,
+    retries: usize,
+) -> Result<ShardEntry, CheckpointError> {
+    let bytes = encode_shard(tensors, data, start, end);
+    let entry = ShardEntry {
+        file: file.into(),
+        sha256: sha256(&bytes),
+        size: bytes.len() as u64,
+        start,
+        len: end - start,
+    };
+    let target = dir.join(file);
+    let mut last = String::new();
+    for attempt in 0..retries.max(1) {
+        match target.put(bytes.clone()) {
+            Ok(()) => return Ok(entry),
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(attempt, error = %last, "shard upload failed, retrying");
+                std::thread::sleep(std::time::Duration::from_millis(200 << attempt.min(5)));
+            }
+        }
+    }
+    Err(CheckpointError(format!(
+        "{}: upload failed after {} attempts: {last}",
+        target.display(),
+        retries.max(1)
+    )))
+}
+
+/// Reads every shard of a committed checkpoint, checks its size and sha256, and returns the
+/// flat state.
+///
+/// # Errors
+/// A missing shard, or one whose size or hash differs from the manifest (naming both).
+pub fn read_state(dir: &Location, m: &Manifest) -> Result<Vec<f32>, CheckpointError> {
+    let by_name: HashMap<&str, &TensorEntry> =
+        m.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut out = vec![0f32; m.numel as usize];
+    for s in &m.shards {
+        let loc = dir.join(&s.file);
+        let bytes = loc
+            .read_all()
+            .map_err(|e| CheckpointError(format!("{}: cannot read shard: {e}", loc.display())))?;
+        let got = sha256(&bytes);
+        if bytes.len() as u64 != s.size || got != s.sha256 {
+            return Err(CheckpointError(format!(
+                "{}: shard hash mismatch: sha256 {got} ({} bytes), manifest says {} ({} bytes)",
+                loc.display(),
+                bytes.len(),
+                s.sha256,
+                s.size
+            )));
+        }
+        let f = TensorFile::from_bytes(std::path::Path::new(&loc.display()), bytes.to_vec())
+            .map_err(|e| CheckpointError(e.to_string()))?;
+        for name in f.names() {
+            let (base, lo, hi) = match name.split_once('@') {
+                Some((b, r)) => {
+                    let (a, z) = r.split_once(':').ok_or_else(|| {
+                        CheckpointError(format!("{}: bad piece name {name}", loc.display()))
+                    })?;
+                    let parse = |x: &str| {
+                        x.parse::<u64>().map_err(|_| {
+                            CheckpointError(format!("{}: bad piece name {name}", loc.display()))
+                        })
+                    };
+                    (b.to_string(), parse(a)?, parse(z)?)
+                }
+                None => (
+                    name.clone(),
+                    0,
+                    by_name.get(name.as_str()).map_or(0, |t| t.numel()),
+                ),
+            };
+            let t = by_name.get(base.as_str()).ok_or_else(|| {
+                CheckpointError(format!(
+                    "{}: tensor {base} is not in the manifest",
+                    loc.display()
+                ))
+            })?;
+            let shape = f.shape(&name).map_err(|e| CheckpointError(e.to_string()))?;
+            let v = f
+                .get_f32(&name, &shape)
+                .map_err(|e| CheckpointError(e.to_string()))?;
+            if v.len() as u64 != hi - lo || hi > t.numel() {
+                return Err(CheckpointError(format!(
+                    "{}: piece {name} has {} elements",
+                    loc.display(),
+                    v.len()
+                )));
+            }
+            let at = (t.offset + lo) as usize;
+            out[at..at + v.len()].copy_from_slice(&v);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use elf_shared::manifest::{shard_file, shard_range};
+
+    fn state() -> (Vec<TensorEntry>, Vec<f32>) {
+        let tensors = vec![
+            TensorEntry {
+                name: "params/a".into(),
+                shape: vec![2, 3],
+                offset: 0,
+            },
+            TensorEntry {
+                name: "params/b".into(),
+                shape: vec![5],
+                offset: 6,
+            },
+            TensorEntry {
+                name: "ema/a".into(),
+                shape: vec![2, 3],
+                offset: 11,
+            },
+        ];
+        let data: Vec<f32> = (0..17).map(|i| i as f32 * 0.5).collect();
+        (tensors, data)
+    }
+
+    fn write_all(dir: &Location, world: u32) -> Manifest {
+        let (tensors, data) = state();
+        let n = data.len() as u64;
+        let shards = (0..world)
+            .map(|r| {
+                let (a, b) = shard_range(n, r as u64, world as u64);
+                write_shard(
+                    dir,
+                    &shard_file(r, world),
+                    &tensors,
+                    &data[a as usize..b as usize],
+                    a,
+                    b,
+                    1,
+                )
+                .unwrap()
+            })
+            .collect();
+        Manifest {
+            format: 1,
+            step: 3,
+            next_step: 4,
+            optimizer_count: 4,
+            config_hash: "h".into(),
+            config_yaml: String::new(),
+            world_size: world,
+            numel: n,
+            tensors,
+            shards,
+            seed: 0,
+            metrics: serde_json::Value::Null,
+            eval: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn shards_round_trip_at_any_world_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        for world in [1u32, 2, 3, 5] {
+            let dir = Location::Local(tmp.path().join(format!("w{world}")));
+            let m = write_all(&dir, world);
+            assert_eq!(read_state(&dir, &m).unwrap(), state().1, "world {world}");
+        }
+        // A one-rank shard is plain named tensors with their shapes.
+        let f = TensorFile::open(&tmp.path().join("w1").join(shard_file(0, 1))).unwrap();
+        assert_eq!(f.shape("params/a").unwrap(), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_refused_naming_shard_and_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Location::Local(tmp.path().to_path_buf());
+        let m = write_all(&dir, 2);
+        let p = tmp.path().join(shard_file(1, 2));
+        let mut b = std::fs::read(&p).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        std::fs::write(&p, b).unwrap();
+        let e = read_state(&dir, &m).unwrap_err().0;
+        assert!(
+            e.contains("shard-00001-of-00002.safetensors")
+                && e.contains("hash mismatch")
+                && e.contains(&m.shards[1].sha256),
+            "{e}"
+        );
+    }
+}
