@@ -501,3 +501,200 @@ fn checkpoint_files_load_in_numpy_through_safetensors() {
     assert_eq!(manifest["next_step"], 4);
     assert_eq!(manifest["world_size"], 1);
 }
+
+/// moto's S3 server on loopback, stopped on drop.
+struct S3 {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl S3 {
+    fn start(port: u16) -> Self {
+        use std::io::BufRead;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/s3_server.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] (installed by scripts/test.sh)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("moto did not start: {line:?}"));
+        Self { child, port }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    fn stop(mut self) -> u16 {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn train_env(
+    dir: &Path,
+    workers: usize,
+    extra: &[&str],
+    env: &[(&'static str, String)],
+) -> std::process::Output {
+    let d = dir.display().to_string();
+    let w = workers.to_string();
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--run-dir",
+        &d,
+        "--workers",
+        &w,
+        "--set",
+        "checkpoint.interval_steps=4",
+        "--set",
+        "train.max_steps=12",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = std::process::Command::new(elf());
+    cmd.args(&args).current_dir(root()).env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "elf train {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn checkpoints_on_s3_commit_list_and_resume_at_another_world_size() {
+    let _serial = serial();
+    let s3 = S3::start(0);
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let whole = tmp.path().join("whole");
+    train(&whole, 2, &[]);
+    let dir = tmp.path().join("s3run");
+    let url = "checkpoint.url=s3://elf-test/runs/one";
+    train_env(&dir, 2, &["--set", url, "--stop-after", "8"], &env);
+    let mut ls = std::process::Command::new(elf());
+    ls.args(["checkpoint", "ls", "s3://elf-test/runs/one"]);
+    for (k, v) in &env {
+        ls.env(k, v);
+    }
+    let o = ls.output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("step-000000003")
+            && out.contains("step-000000007")
+            && out.contains("(latest)"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !dir.join("checkpoints").exists(),
+        "checkpoints must go to the store, not the run dir"
+    );
+    let o = train_env(&dir, 1, &["--set", url], &env);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resuming"));
+    assert_same_run(&dir, &whole, "S3 checkpoints, 2 workers then 1");
+}
+
+#[test]
+fn a_storage_outage_fails_saves_without_stopping_training() {
+    let _serial = serial();
+    let s3 = S3::start(0);
+    let env = s3.env();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().display().to_string();
+    let cfg = config();
+    let args = [
+        "coordinator",
+        "--config",
+        &cfg,
+        "--run-dir",
+        &d,
+        "--workers",
+        "1",
+        "--set",
+        "train.max_steps=60",
+        "--set",
+        "checkpoint.interval_steps=2",
+        "--set",
+        "checkpoint.url=s3://elf-test/outage",
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut coordinator = Proc::spawn("coordinator", elf(), &args, &env_ref);
+    let url = format!(
+        "http://{}",
+        coordinator.wait_event("ready", T)["addr"].as_str().unwrap()
+    );
+    let mut w_env = env_ref.clone();
+    w_env.push(("RAYON_NUM_THREADS", "1"));
+    let mut worker = Proc::spawn(
+        "worker",
+        elf(),
+        &["worker", "--coordinator", &url, "--worker-id", "w0"],
+        &w_env,
+    );
+    coordinator.wait_next("checkpoint", T);
+    let port = s3.stop();
+    // Saves fail and are reported; training goes on.
+    let failed = coordinator.wait_next("checkpoint_failed", T);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("could not save step"),
+        "{failed}"
+    );
+    let during = coordinator.wait_next("step", T)["step"].as_u64().unwrap();
+    let s3 = S3::start(port);
+    // A save started after the store is back commits (one caught mid-retry by the outage may
+    // commit late, which is fine), and the run completes.
+    loop {
+        let step = coordinator.wait_next("checkpoint", T)["step"]
+            .as_u64()
+            .unwrap();
+        if step > during {
+            break;
+        }
+    }
+    worker.expect_success(T);
+    coordinator.expect_success(T);
+    let m = std::process::Command::new(elf())
+        .args(["checkpoint", "verify", "s3://elf-test/outage"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    drop(s3);
+}

@@ -110,6 +110,7 @@ pub struct Inner {
     seed: u64,
     /// Manifests being written.
     pub saves_in_flight: std::sync::atomic::AtomicUsize,
+    events: bool,
     recorder: Mutex<Recorder>,
     progress: watch::Sender<Progress>,
     tokens_per_step: f64,
@@ -262,6 +263,9 @@ impl Inner {
                         tracing::info!(step = save.step, ?deleted, "checkpoint committed");
                         me.metrics.checkpoint_saves.inc();
                         me.metrics.checkpoint_last_step.set(save.step as i64);
+                        if me.events {
+                            events::emit("checkpoint", json!({"step": save.step}));
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(step = save.step, error = %e, "checkpoint manifest not written; training continues");
@@ -307,6 +311,13 @@ impl Inner {
         };
         checkpoints::commit(&self.checkpoint_root, &m)?;
         Ok(checkpoints::retain(&self.checkpoint_root, self.keep_last)?)
+    }
+
+    /// Emits an event when this coordinator prints events.
+    pub fn emit(&self, event: &str, fields: serde_json::Value) {
+        if self.events {
+            events::emit(event, fields);
+        }
     }
 
     /// Returns the `/status` document.
@@ -369,12 +380,13 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<Outcome>,
 }
 
-/// Validates the run against its data, binds the listeners and starts serving.
-///
-/// # Errors
-/// An unreadable dataset, a world size that does not divide the batch into whole branch
-/// shards, an unwritable run folder, or a listen address that cannot be bound.
-pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running> {
+/// Validates the run against its data, finds the checkpoint to resume, prepares the run
+/// folder and builds the shared state (blocking IO; run off the async runtime).
+#[allow(clippy::type_complexity)]
+fn prepare(
+    rc: ResolvedConfig,
+    opts: &Options,
+) -> anyhow::Result<(Arc<Inner>, watch::Receiver<Progress>, usize, u64, u64)> {
     let c = &rc.config;
     let tokenizer = Arc::new(TextTokenizer::for_config(
         c.tokenizer_name.as_deref(),
@@ -473,10 +485,25 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
         keep_last: c.checkpoint.keep_last,
         seed: c.seed,
         saves_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        events: opts.events,
         recorder: Mutex::new(recorder),
         progress: ptx,
         tokens_per_step: (g as usize * c.max_length) as f64,
     });
+    Ok((inner, prx, workers, total_steps, data.len()))
+}
+
+/// Validates the run against its data, binds the listeners and starts serving.
+///
+/// # Errors
+/// An unreadable dataset, a world size that does not divide the batch into whole branch
+/// shards, an unwritable run folder, or a listen address that cannot be bound.
+pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running> {
+    // Opening the dataset and finding the checkpoint to resume may block on object-store IO,
+    // which must not run on the async runtime's threads.
+    let o = opts.clone();
+    let (inner, prx, workers, total_steps, rows) =
+        tokio::task::spawn_blocking(move || prepare(rc, &o)).await??;
     let grpc = TcpListener::bind(&opts.listen)
         .await
         .with_context(|| format!("--listen {}: cannot bind", opts.listen))?;
@@ -484,7 +511,7 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
         .await
         .with_context(|| format!("--http {}: cannot bind", opts.http_listen))?;
     let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    tracing::info!(%grpc_addr, %http_addr, workers, total_steps, rows = data.len(), "coordinator ready");
+    tracing::info!(%grpc_addr, %http_addr, workers, total_steps, rows, "coordinator ready");
     if opts.events {
         events::emit(
             "ready",

@@ -148,6 +148,8 @@ impl Coordinator for Service {
         if let Some(why) = failed {
             tracing::warn!(reason = %why, "checkpoint save failed; training continues");
             self.inner.metrics.checkpoint_failures.inc();
+            self.inner
+                .emit("checkpoint_failed", serde_json::json!({"reason": why}));
         }
         self.inner.write_complete_saves();
         self.inner.notify.notify_waiters();

@@ -148,22 +148,44 @@ pub fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath)
         message,
     };
     let path = StorePath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+    // Bounded retries and timeouts: a store outage must surface as an error in seconds (a
+    // failed save is reported and training goes on), not block an upload for minutes.
+    let retry = object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..Default::default()
+    };
+    // Replacing the client options also replaces what `from_env` read, so carry the one
+    // client setting the environment commonly sets (plain-HTTP endpoints such as MinIO or moto).
+    let allow_http = ["AWS_ALLOW_HTTP", "GOOGLE_ALLOW_HTTP", "AZURE_ALLOW_HTTP"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1"));
+    let client = object_store::ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_connect_timeout(std::time::Duration::from_secs(3))
+        .with_timeout(std::time::Duration::from_secs(300));
     let store: Arc<dyn ObjectStore> = match url.scheme() {
         "s3" | "s3a" => Arc::new(
             object_store::aws::AmazonS3Builder::from_env()
                 .with_url(url.as_str())
+                .with_retry(retry.clone())
+                .with_client_options(client.clone())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(url.as_str())
+                .with_retry(retry.clone())
+                .with_client_options(client.clone())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),
         "az" | "azure" | "abfs" | "abfss" => Arc::new(
             object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_url(url.as_str())
+                .with_retry(retry.clone())
+                .with_client_options(client.clone())
                 .build()
                 .map_err(|e| bad(e.to_string()))?,
         ),

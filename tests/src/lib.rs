@@ -22,6 +22,7 @@ pub struct Proc {
     child: Child,
     events: Receiver<Value>,
     seen: Vec<Value>,
+    cursor: usize,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -71,6 +72,7 @@ impl Proc {
             child,
             events,
             seen: vec![],
+            cursor: 0,
             stderr,
         }
     }
@@ -107,6 +109,40 @@ impl Proc {
             self.name,
             self.logs()
         );
+    }
+
+    /// Waits for the next event named `event` after the one the previous call returned (events
+    /// before are skipped, so a test can wait for "a checkpoint after the outage").
+    ///
+    /// # Panics
+    /// On timeout, with the process's logs.
+    pub fn wait_next(&mut self, event: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.seen[self.cursor..]
+                .iter()
+                .position(|v| v["event"] == event)
+            {
+                self.cursor += i + 1;
+                return self.seen[self.cursor - 1].clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: no new {event:?} event within {timeout:?}\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(v) => self.seen.push(v),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(_) => panic!(
+                    "{}: exited while waiting for {event:?}\n{}",
+                    self.name,
+                    self.logs()
+                ),
+            }
+        }
     }
 
     /// Waits for the process to exit.

@@ -310,9 +310,27 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
             }
         };
         let applied = tr.apply(grads, d.lr);
-        if d.save {
+        let busy = upload.as_ref().is_some_and(|h| !h.is_finished());
+        if d.save && busy {
+            // At most one upload in flight: rather than stall training behind a slow store,
+            // this save is skipped and reported as failed.
+            let why = format!(
+                "skipped: the previous checkpoint upload of this rank is still in flight at step {}",
+                d.step
+            );
+            tracing::warn!(step = d.step, "{why}");
+            let skip = ShardReport {
+                worker_id: opts.worker_id.clone(),
+                step: d.step,
+                rank: d.rank,
+                world_size: d.world_size,
+                error: why,
+                ..Default::default()
+            };
+            let _ = rt.block_on(client.report_shard(skip));
+        } else if d.save {
             // The step loop pays for the host snapshot only; the upload runs beside the next
-            // steps. At most one upload is in flight: a second save waits for the first.
+            // steps.
             let (tensors, data) = tr.snapshot();
             if let Some(h) = upload.take() {
                 let _ = h.join();
