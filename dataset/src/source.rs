@@ -344,7 +344,32 @@ impl Location {
     ///
     /// # Errors
     /// IO or store errors, naming the location.
-    pub fn put(&self, bytes: Vec<u8>) -> Result<(), DataError> {
+    pub fn put(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), DataError> {
+        let bytes: bytes::Bytes = bytes.into();
+        match self {
+            Self::Local(_) => self.put_with(&|w| std::io::Write::write_all(w, &bytes)),
+            Self::Store { store, path, url } => {
+                let (s, p) = (store.clone(), path.clone());
+                runtime()
+                    .block_on(async move { s.put(&p, bytes.into()).await })
+                    .map(|_| ())
+                    .map_err(|e| DataError::Store {
+                        name: url.clone(),
+                        message: e.to_string(),
+                    })
+            }
+        }
+    }
+
+    /// Writes an object produced by `write`, streamed into place for a local path (data on the
+    /// disk before the name appears), buffered then put for an object store.
+    ///
+    /// # Errors
+    /// IO or store errors, naming the object.
+    pub fn put_with(
+        &self,
+        write: &dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), DataError> {
         match self {
             Self::Local(p) => {
                 let name = p.display().to_string();
@@ -357,18 +382,20 @@ impl Location {
                         .map(|s| s.to_string_lossy())
                         .unwrap_or_default()
                 ));
-                std::fs::write(&tmp, bytes).map_err(|e| DataError::io(&name, e))?;
+                // Durable before visible: the data reaches the disk before the rename
+                // publishes it, so a crash never leaves a complete-looking partial file.
+                let run = || -> std::io::Result<()> {
+                    let mut f = std::fs::File::create(&tmp)?;
+                    write(&mut f)?;
+                    f.sync_all()
+                };
+                run().map_err(|e| DataError::io(&name, e))?;
                 std::fs::rename(&tmp, p).map_err(|e| DataError::io(&name, e))
             }
-            Self::Store { store, path, url } => {
-                let (s, p) = (store.clone(), path.clone());
-                runtime()
-                    .block_on(async move { s.put(&p, bytes.into()).await })
-                    .map(|_| ())
-                    .map_err(|e| DataError::Store {
-                        name: url.clone(),
-                        message: e.to_string(),
-                    })
+            Self::Store { .. } => {
+                let mut buf = Vec::new();
+                write(&mut buf).map_err(|e| DataError::io(&self.display(), e))?;
+                self.put(buf)
             }
         }
     }

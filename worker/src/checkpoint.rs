@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use elf_data::source::Location;
-use elf_model::weights::{HostTensor, TensorFile, to_safetensors};
+use elf_model::weights::TensorFile;
 use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
 use sha2::{Digest, Sha256};
 
@@ -18,40 +18,118 @@ use sha2::{Digest, Sha256};
 #[error("{0}")]
 pub struct CheckpointError(pub String);
 
-/// Encodes the flat elements `[start, end)` of a state indexed by `tensors`.
-pub fn encode_shard(tensors: &[TensorEntry], data: &[f32], start: u64, end: u64) -> Vec<u8> {
-    let mut out = BTreeMap::new();
-    for t in tensors {
-        let (a, b) = (t.offset, t.offset + t.numel());
-        let (lo, hi) = (a.max(start), b.min(end));
-        if lo >= hi {
-            continue;
+/// One rank's shard, ready to stream: the safetensors header and the borrowed tensor data in
+/// file order, so that writing it copies each element once, straight into the destination.
+pub struct Shard<'a> {
+    header: Vec<u8>,
+    pieces: Vec<&'a [f32]>,
+}
+
+impl<'a> Shard<'a> {
+    /// Lays out the flat elements `[start, end)` of a state indexed by `tensors`; `data` holds
+    /// exactly those elements.
+    pub fn new(tensors: &[TensorEntry], data: &'a [f32], start: u64, end: u64) -> Self {
+        // safetensors: tensors sorted by name, 8-byte header length, JSON header padded with
+        // spaces to a multiple of 8, then the data in header order.
+        let mut named = BTreeMap::new();
+        for t in tensors {
+            let (a, b) = (t.offset, t.offset + t.numel());
+            let (lo, hi) = (a.max(start), b.min(end));
+            if lo >= hi {
+                continue;
+            }
+            let piece = &data[(lo - start) as usize..(hi - start) as usize];
+            if lo == a && hi == b {
+                named.insert(t.name.clone(), (t.shape.clone(), piece));
+            } else {
+                let name = format!("{}@{}:{}", t.name, lo - a, hi - a);
+                named.insert(name, (vec![piece.len()], piece));
+            }
         }
-        let piece = data[(lo - start) as usize..(hi - start) as usize].to_vec();
-        if lo == a && hi == b {
-            out.insert(
-                t.name.clone(),
-                HostTensor {
-                    shape: t.shape.clone(),
-                    data: piece,
-                },
-            );
-        } else {
-            let name = format!("{}@{}:{}", t.name, lo - a, hi - a);
-            out.insert(
+        let mut header = serde_json::Map::new();
+        header.insert(
+            "__metadata__".into(),
+            serde_json::json!({
+                "format": "elf-state-v1",
+                "start": start.to_string(),
+                "len": (end - start).to_string(),
+            }),
+        );
+        let mut at = 0usize;
+        let mut pieces = Vec::with_capacity(named.len());
+        for (name, (shape, piece)) in named {
+            let bytes = piece.len() * 4;
+            header.insert(
                 name,
-                HostTensor {
-                    shape: vec![piece.len()],
-                    data: piece,
-                },
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
             );
+            at += bytes;
+            pieces.push(piece);
+        }
+        let mut json = serde_json::to_vec(&header).expect("header serialises");
+        while !json.len().is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let mut head = (json.len() as u64).to_le_bytes().to_vec();
+        head.extend(json);
+        Self {
+            header: head,
+            pieces,
         }
     }
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "elf-state-v1".to_string());
-    meta.insert("start".to_string(), start.to_string());
-    meta.insert("len".to_string(), (end - start).to_string());
-    to_safetensors(&out, Some(meta))
+
+    /// The size of the file in bytes.
+    pub fn len(&self) -> usize {
+        self.header.len() + self.pieces.iter().map(|p| p.len() * 4).sum::<usize>()
+    }
+
+    /// True when the shard holds no tensor data.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// The byte runs of the file in order.
+    fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.header.as_slice()).chain(
+            self.pieces
+                .iter()
+                .map(|p| bytemuck::cast_slice::<f32, u8>(p)),
+        )
+    }
+
+    /// The sha256 of the file, in hex.
+    pub fn sha256(&self) -> String {
+        let mut h = Sha256::new();
+        for run in self.runs() {
+            h.update(run);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Writes the file to `w`.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        for run in self.runs() {
+            w.write_all(run)?;
+        }
+        Ok(())
+    }
+
+    /// The file as one buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out)
+            .expect("writing to memory cannot fail");
+        out
+    }
+}
+
+/// Encodes the flat elements `[start, end)` of a state indexed by `tensors`; `data` holds
+/// exactly those elements.
+pub fn encode_shard(tensors: &[TensorEntry], data: &[f32], start: u64, end: u64) -> Vec<u8> {
+    Shard::new(tensors, data, start, end).to_bytes()
 }
 
 /// Returns the hex sha256 of bytes.
@@ -59,7 +137,8 @@ pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Writes one shard into `dir` and returns its manifest entry.
+/// Writes one shard into `dir` and returns its manifest entry. A local folder is written in
+/// place (streamed, then fsynced and renamed); an object store gets one buffer.
 ///
 /// # Errors
 /// The upload failed after `retries` attempts.
@@ -72,18 +151,27 @@ pub fn write_shard(
     end: u64,
     retries: usize,
 ) -> Result<ShardEntry, CheckpointError> {
-    let bytes = encode_shard(tensors, data, start, end);
+    let shard = Shard::new(tensors, data, start, end);
     let entry = ShardEntry {
         file: file.into(),
-        sha256: sha256(&bytes),
-        size: bytes.len() as u64,
+        sha256: shard.sha256(),
+        size: shard.len() as u64,
         start,
         len: end - start,
     };
     let target = dir.join(file);
+    let mut bytes = None;
     let mut last = String::new();
     for attempt in 0..retries.max(1) {
-        match target.put(bytes.clone()) {
+        let put = match &target {
+            Location::Local(_) => target.put_with(&|w| shard.write_to(w)),
+            Location::Store { .. } => target.put(
+                bytes
+                    .get_or_insert_with(|| bytes::Bytes::from(shard.to_bytes()))
+                    .clone(),
+            ),
+        };
+        match put {
             Ok(()) => return Ok(entry),
             Err(e) => {
                 last = e.to_string();

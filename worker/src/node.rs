@@ -215,7 +215,20 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         tracing::info!(checkpoint = %reg.resume_from, step = m.step, written_by = m.world_size, "state loaded");
     }
     let run_dir = PathBuf::from(&reg.run_dir);
-    let mut upload: Option<std::thread::JoinHandle<()>> = None;
+    // The upload thread hands the host buffer back for the next save. Before the first save,
+    // a thread touches every page of a buffer the size of this rank's share, so that the first
+    // snapshot does not pay for page faults inside the step loop either.
+    let mut upload: Option<std::thread::JoinHandle<Vec<f32>>> =
+        (c.checkpoint.interval_steps > 0 || c.checkpoint.save_final).then(|| {
+            let n = tr.state_numel().div_ceil(c.cluster.workers.max(1) as u64) as usize;
+            std::thread::spawn(move || {
+                let mut v = vec![0.0f32; n];
+                for page in v.chunks_mut(1024) {
+                    page[0] = 1.0;
+                }
+                v
+            })
+        });
     let timeout = Duration::from_millis(c.cluster.collective_timeout_ms);
     let bucket = c.cluster.bucket_mib << 20;
     let micro = c.train.micro_batch_size.unwrap_or(c.global_batch_size);
@@ -331,10 +344,13 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         } else if d.save {
             // The step loop pays for the host snapshot only; the upload runs beside the next
             // steps.
-            let (tensors, data) = tr.snapshot();
-            if let Some(h) = upload.take() {
-                let _ = h.join();
-            }
+            let buf = upload
+                .take()
+                .and_then(|h| h.join().ok())
+                .unwrap_or_default();
+            let n = tr.state_numel();
+            let (a, b) = shard_range(n, d.rank as u64, d.world_size as u64);
+            let (tensors, data) = tr.snapshot_range(a, b, buf);
             let job = SaveJob {
                 dir: d.checkpoint_dir.clone(),
                 worker_id: opts.worker_id.clone(),
@@ -402,8 +418,8 @@ impl SaveJob {
         data: Vec<f32>,
         mut client: CoordinatorClient<Channel>,
         rt: tokio::runtime::Handle,
-    ) {
-        let n = data.len() as u64;
+    ) -> Vec<f32> {
+        let n = tensors.last().map_or(0, |t| t.offset + t.numel());
         let (a, b) = shard_range(n, self.rank as u64, self.world as u64);
         let file = shard_file(self.rank, self.world);
         let mut report = ShardReport {
@@ -418,16 +434,7 @@ impl SaveJob {
         let result = Location::parse(&self.dir)
             .map_err(|e| e.to_string())
             .and_then(|dir| {
-                write_shard(
-                    &dir,
-                    &file,
-                    &tensors,
-                    &data[a as usize..b as usize],
-                    a,
-                    b,
-                    self.retries,
-                )
-                .map_err(|e| e.0)
+                write_shard(&dir, &file, &tensors, &data, a, b, self.retries).map_err(|e| e.0)
             });
         match result {
             Ok(entry) => {
@@ -449,6 +456,7 @@ impl SaveJob {
         if let Err(e) = rt.block_on(client.report_shard(report)) {
             tracing::warn!(error = %e.message(), "could not report the checkpoint shard");
         }
+        data
     }
 }
 

@@ -241,43 +241,79 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Copies the whole training state to host memory as one flat vector with its index:
     /// parameters, EMA, then the optimiser moments, each in module order.
     pub fn snapshot(&self) -> (Vec<elf_shared::manifest::TensorEntry>, Vec<f32>) {
+        self.snapshot_range(0, u64::MAX, Vec::new())
+    }
+
+    /// The number of elements of the flat training state (parameters, EMA, optimiser moments).
+    pub fn state_numel(&self) -> u64 {
+        let params: usize = param_infos::<B, _>(&self.model)
+            .iter()
+            .map(|i| i.shape.iter().product::<usize>())
+            .sum();
+        let moments: usize = self
+            .optimizer
+            .states
+            .iter()
+            .map(|st| st.mu.dims()[0] + st.nu.as_ref().map_or(0, |nu| nu.dims()[0]))
+            .sum();
+        (2 * params + moments) as u64
+    }
+
+    /// The index of the whole flat state and a copy of its elements `[start, end)` (clamped to
+    /// the state's size): what one rank of a sharded save needs, and nothing more. The copy
+    /// goes into `buf` (cleared first): recycling the buffer of the previous save spares the
+    /// page faults of a fresh allocation, which cost far more than the copy itself.
+    pub fn snapshot_range(
+        &self,
+        start: u64,
+        end: u64,
+        mut buf: Vec<f32>,
+    ) -> (Vec<elf_shared::manifest::TensorEntry>, Vec<f32>) {
         use elf_shared::manifest::TensorEntry;
         let infos = param_infos::<B, _>(&self.model);
-        let mut entries = Vec::new();
-        let mut data: Vec<f32> = Vec::new();
-        let mut push = |name: String, shape: &[usize], v: Vec<f32>| {
-            entries.push(TensorEntry {
-                name,
-                shape: shape.to_vec(),
-                offset: data.len() as u64,
-            });
-            data.extend(v);
-        };
-        for (info, t) in infos
-            .iter()
-            .zip(flat_params::<B::InnerBackend, _>(&self.model.valid()))
-        {
-            push(format!("params/{}", info.name), &info.shape, to_vec(t));
+        let model = self.model.valid();
+        type Named<'a, I> = (String, &'a [usize], Option<burn::Tensor<I, 1>>);
+        let mut tensors: Vec<Named<'_, B::InnerBackend>> = Vec::new();
+        let params = flat_params::<B::InnerBackend, _>(&model);
+        let ema = flat_params::<B::InnerBackend, _>(&self.ema);
+        for (info, t) in infos.iter().zip(params) {
+            tensors.push((format!("params/{}", info.name), &info.shape, Some(t)));
         }
-        for (info, t) in infos
-            .iter()
-            .zip(flat_params::<B::InnerBackend, _>(&self.ema))
-        {
-            push(format!("ema/{}", info.name), &info.shape, to_vec(t));
+        for (info, t) in infos.iter().zip(ema) {
+            tensors.push((format!("ema/{}", info.name), &info.shape, Some(t)));
         }
         for (info, st) in infos.iter().zip(&self.optimizer.states) {
-            push(
-                format!("opt_mu/{}", info.name),
-                &info.shape,
-                to_vec(st.mu.clone()),
-            );
+            let mu = st.mu.clone();
+            tensors.push((format!("opt_mu/{}", info.name), &info.shape, Some(mu)));
             if let Some(nu) = &st.nu {
-                push(
-                    format!("opt_nu/{}", info.name),
-                    &info.shape,
-                    to_vec(nu.clone()),
-                );
+                let nu = nu.clone();
+                tensors.push((format!("opt_nu/{}", info.name), &info.shape, Some(nu)));
             }
+        }
+        let mut entries = Vec::with_capacity(tensors.len());
+        let mut offset = 0u64;
+        for (name, shape, _) in &tensors {
+            entries.push(TensorEntry {
+                name: name.clone(),
+                shape: shape.to_vec(),
+                offset,
+            });
+            offset += shape.iter().product::<usize>() as u64;
+        }
+        let (start, end) = (start.min(offset), end.min(offset));
+        // One exact allocation, one copy per tensor straight from the backend's buffer.
+        buf.clear();
+        buf.reserve_exact((end - start) as usize);
+        let mut data = buf;
+        for (e, (_, _, t)) in entries.iter().zip(&mut tensors) {
+            let (a, b) = (e.offset, e.offset + e.numel());
+            let (lo, hi) = (a.max(start), b.min(end));
+            if lo >= hi {
+                continue;
+            }
+            let host = t.take().expect("each tensor is copied once").into_data();
+            let v = host.as_slice::<f32>().expect("float state is f32");
+            data.extend_from_slice(&v[(lo - a) as usize..(hi - a) as usize]);
         }
         (entries, data)
     }
