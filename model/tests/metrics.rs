@@ -153,3 +153,130 @@ fn unigram_entropy_equals_the_float32_reference() {
     }
     assert_eq!(entropy::unigram_entropy(&[]), 0.0);
 }
+
+mod gpt2 {
+    use super::*;
+    use burn::tensor::{Int, Tensor, TensorData};
+    use elf_model::backend::Cpu;
+    use elf_model::gpt2::Gpt2;
+    use elf_model::metrics::perplexity::{generative_perplexity, scored_positions};
+
+    fn fixture() -> (std::path::PathBuf, Value) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2");
+        let golden =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap())
+                .unwrap();
+        (dir, golden)
+    }
+
+    fn rel(a: f64, b: f64) -> f64 {
+        (a - b).abs() / b.abs().max(1e-3)
+    }
+
+    /// Logits and per-token NLL of a random GPT-2 made by transformers
+    /// (scripts/reference/gpt2_reference.py): within 1e-4 relative.
+    #[test]
+    fn gpt2_logits_and_token_nll_match_transformers() {
+        let (dir, g) = fixture();
+        let device = Default::default();
+        let model = Gpt2::<Cpu>::load(&dir, &device).unwrap();
+        let eos = g["eos"].as_u64().unwrap() as i64;
+        let ids: Vec<Vec<i64>> = serde_json::from_value(g["ids"].clone()).unwrap();
+        let width = ids.iter().map(Vec::len).max().unwrap();
+        let flat: Vec<i64> = ids
+            .iter()
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(eos, width - r.len()))
+            })
+            .collect();
+        let t =
+            Tensor::<Cpu, 2, Int>::from_data(TensorData::new(flat, [ids.len(), width]), &device);
+        let logits = model.forward(t.clone()).into_data();
+        let logits = logits.as_slice::<f32>().unwrap();
+        let want: Vec<f64> = serde_json::from_value(g["logits0"].clone()).unwrap();
+        let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (i, w) in want.iter().enumerate() {
+            let got = f64::from(logits[i]);
+            assert!(
+                (got - w).abs() <= 1e-4 * scale,
+                "logit {i}: ours {got}, transformers {w}"
+            );
+        }
+        let nll = model.token_nll(t).into_data();
+        let nll = nll.as_slice::<f32>().unwrap();
+        let want: Vec<Vec<f64>> = serde_json::from_value(g["nll"].clone()).unwrap();
+        for (r, row) in want.iter().enumerate() {
+            for (j, w) in row.iter().enumerate() {
+                let got = f64::from(nll[r * (width - 1) + j]);
+                assert!(
+                    rel(got, *w) <= 1e-4,
+                    "nll[{r}][{j}]: ours {got}, transformers {w}"
+                );
+            }
+        }
+        let valid: Vec<Vec<f64>> = serde_json::from_value(g["valid"].clone()).unwrap();
+        for (r, row) in ids.iter().enumerate() {
+            let mut padded: Vec<u32> = row.iter().map(|&t| t as u32).collect();
+            padded.resize(width, eos as u32);
+            let ours: Vec<f64> = scored_positions(&padded, eos as u32)
+                .into_iter()
+                .map(|b| f64::from(u8::from(b)))
+                .collect();
+            assert_eq!(ours, valid[r], "scored positions of row {r}");
+        }
+    }
+
+    /// The corpus perplexity, batched two rows at a time (per-batch padding), equals the
+    /// reference's one-batch value.
+    #[test]
+    fn generative_perplexity_matches_the_reference_reduction() {
+        let (dir, g) = fixture();
+        let device = Default::default();
+        let model = Gpt2::<Cpu>::load(&dir, &device).unwrap();
+        let ids: Vec<Vec<u32>> = serde_json::from_value(g["ids"].clone()).unwrap();
+        let eos = g["eos"].as_u64().unwrap() as u32;
+        let want = g["ppl"].as_f64().unwrap();
+        for batch in [1, 2, 64] {
+            let p = generative_perplexity(&model, &ids, eos, batch, &device);
+            assert!(
+                rel(p.ppl, want) <= 1e-4,
+                "batch {batch}: ours {}, reference {want}",
+                p.ppl
+            );
+        }
+        let mean = entropy::mean_entropy(&ids);
+        let want = g["mean_entropy"].as_f64().unwrap();
+        assert!(
+            rel(mean, want) <= 1e-6,
+            "mean entropy: ours {mean}, reference {want}"
+        );
+    }
+
+    #[test]
+    fn a_gpt2_folder_with_a_missing_tensor_is_one_clear_error() {
+        let (dir, _) = fixture();
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::copy(dir.join("config.json"), tmp.path().join("config.json")).unwrap();
+        let f = elf_model::weights::TensorFile::open(&dir.join("model.safetensors")).unwrap();
+        let mut keep = std::collections::BTreeMap::new();
+        for name in f.names() {
+            if name != "transformer.h.1.mlp.c_fc.weight" {
+                let shape = f.shape(&name).unwrap();
+                let data = f.get_f32(&name, &shape).unwrap();
+                keep.insert(name, elf_model::weights::HostTensor { shape, data });
+            }
+        }
+        elf_model::weights::write_safetensors(&tmp.path().join("model.safetensors"), &keep)
+            .unwrap();
+        let err = Gpt2::<Cpu>::load(tmp.path(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("transformer.h.1.mlp.c_fc.weight"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -4,5 +4,6 @@
 
 pub mod bleu;
 pub mod entropy;
+pub mod perplexity;
 pub mod porter;
 pub mod rouge;
