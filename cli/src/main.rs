@@ -1,9 +1,10 @@
-//! `elf`: the one user-facing binary (train, config, model, data, bench).
+//! `elf`: the one user-facing binary (train, sample, eval, config, model, data, checkpoint, bench).
 
 mod bench;
 mod cmd_checkpoint;
 mod cmd_config;
 mod cmd_data;
+mod cmd_eval;
 mod cmd_model;
 mod out;
 mod train;
@@ -45,6 +46,10 @@ enum Command {
     Coordinator(train::CoordinatorArgs),
     /// Runs a worker that joins a coordinator (JSON events on stdout).
     Worker(train::WorkerArgs),
+    /// Generates samples from a checkpoint's EMA weights (unconditional or from prompts).
+    Sample(cmd_eval::SampleArgs),
+    /// Evaluates a checkpoint with the paper's metrics on its task.
+    Eval(cmd_eval::EvalArgs),
     /// Validates configs.
     #[command(subcommand)]
     Config(cmd_config::ConfigCmd),
@@ -97,6 +102,8 @@ fn main() -> std::process::ExitCode {
         Command::Train(a) => train::run(a),
         Command::Coordinator(a) => train::coordinator(a),
         Command::Worker(a) => train::worker(a),
+        Command::Sample(a) => cmd_eval::sample(a),
+        Command::Eval(a) => cmd_eval::evaluate(a),
         Command::Config(c) => cmd_config::run(c),
         Command::Model(c) => cmd_model::run(c),
         Command::Data(c) => cmd_data::run(c),

@@ -71,7 +71,12 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// Tokenises without special tokens.
+    /// The id of one vocabulary entry (e.g. `<|endoftext|>`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Encodes text without special tokens (spec §3.1).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         self.inner
             .encode_fast(text, false)

@@ -212,3 +212,33 @@ fn tokenizer_ids_equal_the_reference_tokenizer_on_real_sentences() {
     }
     assert!(n >= 300, "{n} sentences");
 }
+
+/// The GPT-2 scorer's byte-level BPE tokenizer (a tokenizer.json made by Python `tokenizers`,
+/// scripts/reference/gpt2_reference.py) gives the ids Python gave, including an in-text
+/// `<|endoftext|>`.
+#[test]
+fn a_gpt2_tokenizer_json_encodes_as_python_does() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/gpt2");
+    let tok = elf_data::tokenizer::TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let max = g["max_len"].as_u64().unwrap() as usize;
+    let kept: Vec<&str> = g["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .filter(|s| !s.trim().is_empty())
+        .collect();
+    let want: Vec<Vec<u32>> = serde_json::from_value(g["ids"].clone()).unwrap();
+    assert_eq!(kept.len(), want.len());
+    for (s, w) in kept.iter().zip(&want) {
+        let mut ids = tok.encode(s);
+        ids.truncate(max);
+        assert_eq!(&ids, w, "{s:?}");
+    }
+    assert_eq!(
+        tok.token_id("<|endoftext|>"),
+        Some(g["eos"].as_u64().unwrap() as u32)
+    );
+}

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod collective;
+pub mod eval;
 pub mod generate;
 pub mod node;
 pub mod setup;

@@ -1,0 +1,246 @@
+//! `elf sample` and `elf eval`: generate from a committed checkpoint's EMA weights and score
+//! the generations with the paper's metrics (spec §5–§6).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use elf_model::backend::{Cpu, CpuTrain};
+use elf_worker::eval::{self, EvalResult, Generated, Loaded, Scorer};
+
+use crate::out;
+
+/// `elf sample`.
+#[derive(Debug, clap::Args)]
+pub struct SampleArgs {
+    /// Checkpoint folder, or a checkpoint root (its `latest`), path or URL.
+    #[arg(long)]
+    checkpoint: String,
+    /// Conditional prompts: JSONL with `{"input": ...}` per line (or any dataset format).
+    #[arg(long)]
+    input: Option<String>,
+    /// Unconditional samples to generate (prompts: at most this many, default all).
+    #[arg(long, short)]
+    num: Option<usize>,
+    /// A sampling YAML instead of the run's sampling configs (spec §5.7).
+    #[arg(long)]
+    sampling: Option<PathBuf>,
+    /// Samples per batch (default: the config's global batch size).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// JSONL output: one `{"id", "prompt", "output", "tokens", "run"}` per sample.
+    #[arg(long, default_value = "samples.jsonl")]
+    out: PathBuf,
+    /// How many samples to print.
+    #[arg(long, default_value_t = 4)]
+    show: usize,
+}
+
+/// `elf eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder, or a checkpoint root (its `latest`), path or URL.
+    #[arg(long)]
+    checkpoint: String,
+    /// The task's config (eval set, sampling configs, sample count, scorer); default: the
+    /// checkpoint's own.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// `key=value` overrides of that config.
+    #[arg(long)]
+    set: Vec<String>,
+    /// Eval set (JSONL `{"input", "output"}` or any dataset format) instead of the config's
+    /// `eval_data_path`.
+    #[arg(long)]
+    eval_file: Option<String>,
+    /// GPT-2 folder (config.json, model.safetensors, tokenizer.json) for generative
+    /// perplexity, instead of the config's `eval_ppl_model`.
+    #[arg(long)]
+    gpt2: Option<PathBuf>,
+    /// Samples (unconditional) or eval rows (conditional) instead of `num_samples`.
+    #[arg(long)]
+    num_samples: Option<usize>,
+    /// Samples per generation batch (default: the config's global batch size).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write the metrics (JSON) and the generations (`<run>.jsonl` beside it).
+    #[arg(long, default_value = "eval")]
+    out: PathBuf,
+}
+
+fn progress(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} samples, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Writes generations as JSONL, each line tagged with its sampling run name.
+fn write_jsonl(path: &std::path::Path, gens: &[(String, Generated)]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (run, g) in gens {
+        let mut v = serde_json::to_value(g)?;
+        v["run"] = run.as_str().into();
+        text.push_str(&serde_json::to_string(&v)?);
+        text.push('\n');
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Runs `elf sample`.
+pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let m: Loaded<CpuTrain> = eval::load(&a.checkpoint, &device)?;
+    let c = &m.rc.config;
+    let prompts = match &a.input {
+        Some(f) => Some(eval::read_prompts(f, &m.tokenizer, a.num)?),
+        None => None,
+    };
+    let n = a.num.unwrap_or(8);
+    let specs = eval::specs(c, a.sampling.as_deref())?;
+    let batch = a.batch.unwrap_or(c.global_batch_size);
+    let mut all = vec![];
+    for spec in &specs {
+        let run = eval::run_name(spec, prompts.is_some());
+        let total = prompts.as_ref().map_or(n, Vec::len);
+        let bar = progress(total, &run);
+        let gens = eval::sample_all(
+            &m,
+            spec,
+            prompts.as_deref(),
+            n,
+            batch,
+            a.seed,
+            &device,
+            &mut |d| bar.set_position(d as u64),
+        )?;
+        bar.finish_and_clear();
+        for g in gens.iter().take(a.show) {
+            match &g.prompt {
+                Some(p) => out::line(format!("[{run} #{}] {p} => {}", g.id, g.output)),
+                None => out::line(format!("[{run} #{}] {}", g.id, g.output)),
+            }
+        }
+        all.extend(gens.into_iter().map(|g| (run.clone(), g)));
+    }
+    write_jsonl(&a.out, &all)?;
+    out::line(format!(
+        "wrote {} samples of step {} to {}",
+        all.len(),
+        m.manifest.step,
+        a.out.display()
+    ));
+    Ok(())
+}
+
+/// Runs `elf eval`.
+pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
+    let device = Default::default();
+    let m: Loaded<CpuTrain> = eval::load(&a.checkpoint, &device)?;
+    let task = match &a.config {
+        Some(p) => crate::load_config(p, &a.set)?,
+        None => m.rc.clone(),
+    };
+    let c = &task.config;
+    let eval_set = a
+        .eval_file
+        .clone()
+        .or_else(|| c.eval_data_path.as_ref().map(|p| task.resolve(p)));
+    let n = a.num_samples.unwrap_or(c.num_samples);
+    let prompts = match &eval_set {
+        Some(f) => Some(eval::read_prompts(f, &m.tokenizer, Some(n))?),
+        None => None,
+    };
+    let scorer: Option<Scorer<Cpu>> = if prompts.is_some() {
+        None
+    } else {
+        let dir = a
+            .gpt2
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(task.resolve(&c.eval_ppl_model)));
+        if dir.is_dir() {
+            Some(Scorer::load(&dir, &device)?)
+        } else {
+            tracing::warn!(
+                scorer = %dir.display(),
+                "no GPT-2 folder there: generative perplexity and entropy are skipped (pass --gpt2 DIR with config.json, model.safetensors, tokenizer.json)"
+            );
+            None
+        }
+    };
+    let batch = a.batch.unwrap_or(c.global_batch_size);
+    let mut results: Vec<EvalResult> = vec![];
+    for spec in eval::specs(c, None)? {
+        let run = eval::run_name(&spec, prompts.is_some());
+        let total = prompts.as_ref().map_or(n, Vec::len);
+        let bar = progress(total, &run);
+        let gens = eval::sample_all(
+            &m,
+            &spec,
+            prompts.as_deref(),
+            n,
+            batch,
+            a.seed,
+            &device,
+            &mut |d| bar.set_position(d as u64),
+        )?;
+        bar.finish_and_clear();
+        let tagged: Vec<(String, Generated)> =
+            gens.iter().map(|g| (run.clone(), g.clone())).collect();
+        write_jsonl(&a.out.join(format!("{run}.jsonl")), &tagged)?;
+        results.push(eval::score(
+            run,
+            &gens,
+            scorer.as_ref(),
+            c.eval_ppl_max_length,
+            c.eval_ppl_batch_size.min(8),
+            &device,
+        ));
+    }
+    let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
+    out::line(format!(
+        "{:<58} {:>7} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8}",
+        "run", "samples", "gen-ppl", "entropy", "bleu", "rouge1", "rouge2", "rougeL"
+    ));
+    for r in &results {
+        out::line(format!(
+            "{:<58} {:>7} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8}",
+            r.run,
+            r.samples,
+            fmt(r.ppl),
+            fmt(r.mean_entropy),
+            fmt(r.bleu),
+            fmt(r.rouge1),
+            fmt(r.rouge2),
+            fmt(r.rouge_l)
+        ));
+    }
+    let doc = serde_json::json!({
+        "checkpoint": a.checkpoint,
+        "step": m.manifest.step,
+        "seed": a.seed,
+        "results": results,
+    });
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let path = a.out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    out::line(format!("wrote {}", path.display()));
+    Ok(())
+}

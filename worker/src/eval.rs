@@ -1,0 +1,320 @@
+//! Sampling and evaluation of a committed checkpoint (spec §5–§6): load the EMA weights, generate
+//! with each entry of the sampling sweep, score with the paper's metrics.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use burn::tensor::backend::AutodiffBackend;
+use elf_data::collate::Collator;
+use elf_data::source::Location;
+use elf_data::tokenizer::TextTokenizer;
+use elf_data::{Dataset, Row, open_dataset};
+use elf_model::elf::Elf;
+use elf_model::gpt2::Gpt2;
+use elf_model::metrics::{bleu, entropy, perplexity, rouge};
+use elf_model::sampler::SampleSpec;
+use elf_model::t5::T5Encoder;
+use elf_shared::config::{Config, ResolvedConfig, SamplingConfig};
+use elf_shared::manifest::Manifest;
+
+use crate::generate::{generate, sweep};
+use crate::setup::load_encoder;
+use crate::trainer::Trainer;
+
+/// A checkpoint ready to sample from: its config, the EMA network and the frozen encoder.
+pub struct Loaded<B: AutodiffBackend> {
+    /// The run's resolved config (from the manifest).
+    pub rc: ResolvedConfig,
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The EMA parameters (spec §5: sampling always uses them).
+    pub ema: Elf<B::InnerBackend>,
+    /// The frozen encoder.
+    pub encoder: T5Encoder<B::InnerBackend>,
+    /// The text tokenizer.
+    pub tokenizer: Arc<TextTokenizer>,
+    /// Row -> sequence.
+    pub collator: Collator,
+}
+
+/// Loads a committed checkpoint folder (`.../step-00000042`) or a run's checkpoint root (its
+/// `latest` committed step), checking every shard's hash.
+///
+/// # Errors
+/// No manifest (the step was never committed), a shard with a wrong hash, a config that no
+/// longer resolves.
+pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result<Loaded<B>> {
+    let loc = Location::parse(url)?;
+    let dir = if loc.join("manifest.json").exists() {
+        loc
+    } else {
+        match elf_data::checkpoints::latest(&loc) {
+            Some(step) => loc.join(&elf_shared::manifest::step_dir(step)),
+            None => anyhow::bail!(
+                "{url}: no manifest.json and no latest pointer: not a committed checkpoint"
+            ),
+        }
+    };
+    let manifest = elf_data::checkpoints::read_manifest(&dir)?;
+    let rc = Config::from_yaml(
+        &manifest.config_yaml,
+        &format!("{} (manifest config)", dir.display()),
+        Path::new("."),
+        &[],
+    )?;
+    let c = &rc.config;
+    let tokenizer = Arc::new(TextTokenizer::for_config(
+        c.tokenizer_name.as_deref(),
+        &rc.base_dir,
+    )?);
+    let vocab = tokenizer.vocab_size();
+    let encoder = load_encoder::<B::InnerBackend>(&rc, device)?;
+    let mut tr = Trainer::<B>::new(c.clone(), encoder, vocab, device.clone());
+    let state = crate::checkpoint::read_state(&dir, &manifest)?;
+    tr.restore(&manifest.tensors, &state, manifest.optimizer_count)?;
+    let collator = Collator::from_config(c, vocab);
+    Ok(Loaded {
+        ema: tr.ema.clone(),
+        encoder: tr.encoder.clone(),
+        rc,
+        manifest,
+        tokenizer,
+        collator,
+    })
+}
+
+/// One generated sample.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Generated {
+    /// Index in the sample set.
+    pub id: usize,
+    /// The condition text (conditional tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The reference target text (eval sets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The decoded generation.
+    pub output: String,
+    /// Its token ids.
+    pub tokens: Vec<u32>,
+}
+
+/// Reads conditional prompts from a dataset (JSONL `{"input","output"}`, Arrow, Parquet).
+///
+/// # Errors
+/// An unreadable file or a malformed row (naming the file and line).
+pub fn read_prompts(
+    spec: &str,
+    tokenizer: &Arc<TextTokenizer>,
+    limit: Option<usize>,
+) -> anyhow::Result<Vec<Row>> {
+    let ds: Box<dyn Dataset> = open_dataset(spec, tokenizer)?;
+    let n = limit.map_or(ds.len(), |l| (l as u64).min(ds.len()));
+    (0..n)
+        .map(|i| ds.row(i).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// Generates `n` samples (or one per prompt) with one sampling spec, `batch` at a time;
+/// `progress` is called with the number done.
+///
+/// # Errors
+/// A prompt the collator rejects.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_all<B: AutodiffBackend>(
+    m: &Loaded<B>,
+    spec: &SampleSpec,
+    prompts: Option<&[Row]>,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> anyhow::Result<Vec<Generated>> {
+    let total = prompts.map_or(n, <[Row]>::len);
+    let batch = batch.max(1);
+    let mut out = Vec::with_capacity(total);
+    for (b, start) in (0..total).step_by(batch).enumerate() {
+        let end = (start + batch).min(total);
+        let rows = prompts.map(|p| &p[start..end]);
+        let ids = generate(
+            &m.ema,
+            &m.encoder,
+            &m.rc.config,
+            &m.collator,
+            rows,
+            end - start,
+            spec,
+            (seed, b as u64),
+            device,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+        for (k, tokens) in ids.into_iter().enumerate() {
+            let row = rows.map(|r| &r[k]);
+            out.push(Generated {
+                id: start + k,
+                prompt: row.and_then(|r| {
+                    r.input.clone().or_else(|| {
+                        r.condition_input_ids
+                            .as_ref()
+                            .map(|c| m.tokenizer.decode(c))
+                    })
+                }),
+                reference: row.and_then(|r| r.target.clone()),
+                output: m.tokenizer.decode(&tokens),
+                tokens,
+            });
+        }
+        progress(end);
+    }
+    Ok(out)
+}
+
+/// The run name of one spec, as the reference names its output folders (spec §6.5).
+pub fn run_name(spec: &SampleSpec, conditional: bool) -> String {
+    use elf_shared::config::{SamplingMethod as Method, TimeSchedule};
+    let method = match spec.method {
+        Method::Ode => "ode",
+        Method::Sde => "sde",
+    };
+    let schedule = match spec.schedule {
+        TimeSchedule::Uniform => "uniform",
+        TimeSchedule::LogitNormal => "logit_normal",
+    };
+    let mut s = format!("{method}-steps{}-cfg{}", spec.steps, fmt_num(spec.cfg));
+    if spec.sc_cfg != 1.0 {
+        s.push_str(&format!("-sccfg{}", fmt_num(spec.sc_cfg)));
+    }
+    s.push_str(&format!("-ts_{schedule}"));
+    if matches!(spec.method, Method::Sde) {
+        s.push_str(&format!("-gamma{}", fmt_num(spec.gamma)));
+    }
+    s.push_str(if conditional { "-cond" } else { "-uncond" });
+    s
+}
+
+/// Python's `str(float)` for the small numbers in run names (`1.0` -> `1`, as the YAML ints).
+fn fmt_num(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+/// The GPT-2 scorer of generative perplexity: the network and its tokenizer.
+pub struct Scorer<B: burn::tensor::backend::Backend> {
+    /// The causal LM.
+    pub model: Gpt2<B>,
+    /// Its tokenizer (`tokenizer.json` in the same folder).
+    pub tokenizer: TextTokenizer,
+    /// EOS = pad id (`<|endoftext|>`).
+    pub eos: u32,
+}
+
+impl<B: burn::tensor::backend::Backend> Scorer<B> {
+    /// Loads a GPT-2 folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+    ///
+    /// # Errors
+    /// Missing files or tensors, naming them; a tokenizer without `<|endoftext|>`.
+    pub fn load(dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
+        let model = Gpt2::load(dir, device)?;
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let eos = tokenizer.token_id("<|endoftext|>").with_context(|| {
+            format!(
+                "{}: tokenizer has no <|endoftext|> token",
+                dir.join("tokenizer.json").display()
+            )
+        })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            eos,
+        })
+    }
+}
+
+/// Metrics of one sampling spec.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EvalResult {
+    /// The spec's run name (spec §6.5).
+    pub run: String,
+    /// Samples scored.
+    pub samples: usize,
+    /// Generative perplexity (unconditional, with a scorer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl: Option<f64>,
+    /// Mean unigram entropy of the GPT-2 ids (unconditional, with a scorer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_entropy: Option<f64>,
+    /// Corpus BLEU (conditional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bleu: Option<f64>,
+    /// Mean ROUGE-1 F1 × 100 (conditional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rouge1: Option<f64>,
+    /// Mean ROUGE-2 F1 × 100 (conditional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rouge2: Option<f64>,
+    /// Mean ROUGE-L F1 × 100 (conditional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "rougeL")]
+    pub rouge_l: Option<f64>,
+}
+
+/// Scores generations: BLEU and ROUGE against the references when there are any, else
+/// generative perplexity and entropy with the scorer (spec §6.2–6.4).
+pub fn score<B: burn::tensor::backend::Backend>(
+    run: String,
+    gens: &[Generated],
+    scorer: Option<&Scorer<B>>,
+    max_len: usize,
+    batch: usize,
+    device: &B::Device,
+) -> EvalResult {
+    let mut r = EvalResult {
+        run,
+        samples: gens.len(),
+        ..EvalResult::default()
+    };
+    if gens.iter().any(|g| g.reference.is_some()) {
+        let hyps: Vec<&str> = gens.iter().map(|g| g.output.as_str()).collect();
+        let refs: Vec<&str> = gens
+            .iter()
+            .map(|g| g.reference.as_deref().unwrap_or(""))
+            .collect();
+        r.bleu = Some(bleu::corpus_bleu(&hyps, &refs).score);
+        let m = rouge::corpus_rouge(&hyps, &refs);
+        (r.rouge1, r.rouge2, r.rouge_l) = (Some(m.rouge1), Some(m.rouge2), Some(m.rouge_l));
+    } else if let Some(s) = scorer {
+        let limit = max_len.min(s.model.config.n_positions);
+        let ids: Vec<Vec<u32>> = gens
+            .iter()
+            .filter(|g| !g.output.trim().is_empty())
+            .map(|g| {
+                let mut v = s.tokenizer.encode(&g.output);
+                v.truncate(limit);
+                v
+            })
+            .filter(|v| !v.is_empty())
+            .collect();
+        let p = perplexity::generative_perplexity(&s.model, &ids, s.eos, batch, device);
+        r.ppl = Some(p.ppl);
+        r.mean_entropy = Some(entropy::mean_entropy(&ids));
+    }
+    r
+}
+
+/// The sampling sweep to run: the config's, or a sampling YAML's.
+///
+/// # Errors
+/// An unreadable sampling YAML.
+pub fn specs(c: &Config, sampling: Option<&Path>) -> anyhow::Result<Vec<SampleSpec>> {
+    let list: Vec<SamplingConfig> = match sampling {
+        Some(p) => elf_shared::config::load_sampling_configs(p)?,
+        None => c.sampling_configs.clone(),
+    };
+    Ok(list.iter().flat_map(sweep).collect())
+}
