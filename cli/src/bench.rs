@@ -74,6 +74,23 @@ pub enum BenchCmd {
         #[arg(long)]
         no_step: bool,
     },
+    /// Generated tokens/s of SDE sampling (32 steps, spec §5.7's first OWT entry) from a
+    /// config's network on CPU, against the same number of bare network evaluations measured
+    /// in the same run (ratio 1 = the sampler adds nothing to the network's cost).
+    Sample {
+        /// The config whose network and sequence length to use.
+        #[arg(long, default_value = "configs/tiny.yaml")]
+        config: PathBuf,
+        /// Samples per batch (default: the config's global batch size).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Sampling steps.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// Timed batches.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// One process of `bench allreduce` (internal).
     #[command(hide = true)]
     RingPeer(RingPeerArgs),
@@ -136,6 +153,12 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Allreduce { workers, mib, reps } => bench_allreduce(workers, mib, reps),
         BenchCmd::RingPeer(a) => ring_peer(a),
         BenchCmd::Checkpoint { dir, no_step } => bench_checkpoint(dir, no_step),
+        BenchCmd::Sample {
+            config,
+            batch,
+            steps,
+            reps,
+        } => bench_sample(&config, batch, steps, reps),
         BenchCmd::Data {
             rows,
             batches,
@@ -595,6 +618,81 @@ fn bench_checkpoint(dir: Option<PathBuf>, no_step: bool) -> anyhow::Result<()> {
         upload / 1e9,
         raw / 1e9,
         upload / raw
+    ));
+    Ok(())
+}
+
+fn bench_sample(
+    config: &Path,
+    batch: Option<usize>,
+    steps: usize,
+    reps: usize,
+) -> anyhow::Result<()> {
+    use burn::tensor::Tensor;
+    use elf_model::backend::Cpu;
+    use elf_model::elf::{Elf, Mode};
+    use elf_model::sampler::{Condition, SampleSpec, sample};
+    use elf_shared::config::{SamplingMethod, TimeSchedule};
+    let rc = crate::load_config(config, &[])?;
+    let c = &rc.config;
+    let device = Default::default();
+    let dims = elf_model::dims::ElfDims::from_config(c, elf_model::dims::T5_VOCAB);
+    let model = Elf::<Cpu>::init(&dims, c.seed, &device);
+    let (n, s, e) = (
+        batch.unwrap_or(c.global_batch_size),
+        c.max_length,
+        c.encoder.d_model,
+    );
+    let cond = Condition {
+        latents: Tensor::<Cpu, 3>::zeros([n, s, e], &device),
+        mask: Tensor::zeros([n, s, 1], &device),
+    };
+    let spec = SampleSpec {
+        method: SamplingMethod::Sde,
+        steps,
+        cfg: 1.0,
+        sc_cfg: 3.0,
+        schedule: TimeSchedule::LogitNormal,
+        gamma: 1.5,
+    };
+    let p = elf_worker::generate::flow_params(c);
+    let sync = |t: Tensor<Cpu, 2, burn::tensor::Int>| t.into_data();
+    sync(sample(&model, &cond, &spec, &p, (0, 0)));
+    let t0 = Instant::now();
+    for r in 0..reps {
+        sync(sample(&model, &cond, &spec, &p, (0, r as u64 + 1)));
+    }
+    let sample_s = t0.elapsed().as_secs_f64() / reps as f64;
+    // The anchor: the network evaluations alone (steps − 1 + 1 denoiser passes, one decoder pass).
+    let u = Tensor::<Cpu, 3>::zeros([n, s, 2 * e], &device);
+    let t = Tensor::<Cpu, 1>::full([n], 0.5, &device);
+    let w = Tensor::<Cpu, 1>::full([n], 3.0, &device);
+    let pass = |mode: Mode| {
+        let o = model.forward(u.clone(), t.clone(), w.clone(), mode);
+        match o.logits {
+            Some(l) => drop(l.into_data()),
+            None => drop(o.x.into_data()),
+        }
+    };
+    pass(Mode::Denoise);
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        for _ in 0..steps {
+            pass(Mode::Denoise);
+        }
+        pass(Mode::DecodeLogitsOnly);
+    }
+    let anchor_s = t0.elapsed().as_secs_f64() / reps as f64;
+    let tokens = (n * s) as f64;
+    out::line(format!(
+        "bench sample {} (L = {s}, batch {n}): {steps}-step SDE sampling {:.0} ms per batch, {:.0} generated tokens/s; {} bare network passes {:.0} ms ({:.0} tokens/s); ratio = {:.2} (1 = no sampler overhead)",
+        config.display(),
+        sample_s * 1e3,
+        tokens / sample_s,
+        steps + 1,
+        anchor_s * 1e3,
+        tokens / anchor_s,
+        anchor_s / sample_s
     ));
     Ok(())
 }
