@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use elf_model::backend::{Cpu, CpuTrain};
-use elf_worker::eval::{self, EvalResult, Generated, Loaded, Scorer};
+use elf_worker::eval::{self, EvalResult, Generated, Loaded};
 
 use crate::out;
 
@@ -156,61 +156,33 @@ pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => crate::load_config(p, &a.set)?,
         None => m.rc.clone(),
     };
-    let c = &task.config;
-    let eval_set = a
-        .eval_file
-        .clone()
-        .or_else(|| c.eval_data_path.as_ref().map(|p| task.resolve(p)));
-    let n = a.num_samples.unwrap_or(c.num_samples);
-    let prompts = match &eval_set {
-        Some(f) => Some(eval::read_prompts(f, &m.tokenizer, Some(n))?),
-        None => None,
+    let overrides = eval::EvalOverrides {
+        eval_file: a.eval_file.clone(),
+        gpt2: a.gpt2.clone(),
+        num_samples: a.num_samples,
+        batch: a.batch,
+        seed: Some(a.seed),
     };
-    let scorer: Option<Scorer<Cpu>> = if prompts.is_some() {
-        None
-    } else {
-        let dir = a
-            .gpt2
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(task.resolve(&c.eval_ppl_model)));
-        if dir.is_dir() {
-            Some(Scorer::load(&dir, &device)?)
-        } else {
-            tracing::warn!(
-                scorer = %dir.display(),
-                "no GPT-2 folder there: generative perplexity and entropy are skipped (pass --gpt2 DIR with config.json, model.safetensors, tokenizer.json)"
-            );
-            None
+    let plan = eval::plan_for::<Cpu>(&task, &m.tokenizer, overrides, &device)?;
+    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    let done = eval::run_plan(&m, &plan, &device, &mut |run, d, total| {
+        if bar.as_ref().is_none_or(|(r, _)| r != run) {
+            if let Some((_, b)) = bar.take() {
+                b.finish_and_clear();
+            }
+            bar = Some((run.to_string(), progress(total, run)));
         }
-    };
-    let batch = a.batch.unwrap_or(c.global_batch_size);
+        if let Some((_, b)) = &bar {
+            b.set_position(d as u64);
+        }
+    })?;
+    if let Some((_, b)) = bar.take() {
+        b.finish_and_clear();
+    }
     let mut results: Vec<EvalResult> = vec![];
-    for spec in eval::specs(c, None)? {
-        let run = eval::run_name(&spec, prompts.is_some());
-        let total = prompts.as_ref().map_or(n, Vec::len);
-        let bar = progress(total, &run);
-        let gens = eval::sample_all(
-            &m,
-            &spec,
-            prompts.as_deref(),
-            n,
-            batch,
-            a.seed,
-            &device,
-            &mut |d| bar.set_position(d as u64),
-        )?;
-        bar.finish_and_clear();
-        let tagged: Vec<(String, Generated)> =
-            gens.iter().map(|g| (run.clone(), g.clone())).collect();
-        write_jsonl(&a.out.join(format!("{run}.jsonl")), &tagged)?;
-        results.push(eval::score(
-            run,
-            &gens,
-            scorer.as_ref(),
-            c.eval_ppl_max_length,
-            c.eval_ppl_batch_size.min(8),
-            &device,
-        ));
+    for (r, gens) in done {
+        eval::write_generations(&a.out.join(format!("{}.jsonl", r.run)), &gens)?;
+        results.push(r);
     }
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     out::line(format!(

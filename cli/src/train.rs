@@ -36,6 +36,13 @@ pub struct TrainArgs {
     /// Stop after this many steps of the run (a later `elf train` resumes it).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Local dedicated eval workers (`elf worker --role eval`) that run the config's eval jobs
+    /// (section `eval`) beside training; without one, rank 0 evaluates between steps.
+    #[arg(long, default_value_t = 0)]
+    pub eval_workers: usize,
+    /// Threads per worker process (default: the cores shared among all local workers).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 /// Arguments of `elf coordinator`.
@@ -88,6 +95,10 @@ pub struct WorkerArgs {
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout_s: u64,
+    /// `train`, or `eval`: a dedicated eval worker that runs the coordinator's eval jobs on
+    /// committed checkpoints (training never waits for it).
+    #[arg(long, default_value = "train", value_parser = ["train", "eval"], env = "ELF_ROLE")]
+    pub role: String,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -133,6 +144,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         collective_listen: a.collective,
         http_listen: a.http,
         connect_timeout: Duration::from_secs(a.connect_timeout_s),
+        role: a.role.clone(),
     };
     match a.device.as_str() {
         "cpu" => node::run::<elf_model::backend::CpuTrain>(opts, Default::default()),
@@ -172,18 +184,32 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", running.grpc_addr);
     // Share the cores between the replicas rather than oversubscribing them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores / a.workers.max(1)).max(1);
+    let threads = a
+        .threads
+        .unwrap_or((cores / (a.workers + a.eval_workers).max(1)).max(1));
     let exe = std::env::current_exe().context("cannot locate the elf binary")?;
-    let mut children = Vec::with_capacity(a.workers);
-    for i in 0..a.workers {
-        let log = fs::File::create(logs.join(format!("worker-{i}.log")))?;
+    let mut children = Vec::with_capacity(a.workers + a.eval_workers);
+    for i in 0..a.workers + a.eval_workers {
+        let (name, role, log) = if i < a.workers {
+            (format!("local-{i}"), "train", format!("worker-{i}.log"))
+        } else {
+            let j = i - a.workers;
+            (
+                format!("local-eval-{j}"),
+                "eval",
+                format!("eval-worker-{j}.log"),
+            )
+        };
+        let log = fs::File::create(logs.join(log))?;
         let child = std::process::Command::new(&exe)
             .args([
                 "worker",
                 "--coordinator",
                 &url,
                 "--worker-id",
-                &format!("local-{i}"),
+                &name,
+                "--role",
+                role,
             ])
             .env("RAYON_NUM_THREADS", threads.to_string())
             .stdout(Stdio::null())

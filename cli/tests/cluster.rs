@@ -698,3 +698,132 @@ fn a_storage_outage_fails_saves_without_stopping_training() {
     assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
     drop(s3);
 }
+
+fn eval_settings(gpt2: &str) -> Vec<String> {
+    [
+        "checkpoint.interval_steps=5",
+        "eval.every_checkpoints=2",
+        "eval.at_end=true",
+        "eval.num_samples=3",
+        &format!("eval.gpt2={gpt2}"),
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_string(), s.to_string()])
+    .collect()
+}
+
+/// Eval jobs: every second committed checkpoint and the last one, on a dedicated eval worker
+/// (training never runs them) and, without one, on rank 0 between steps; both write the same
+/// results into the manifests, `metrics/eval.jsonl`, `/status` and Prometheus.
+#[test]
+fn eval_jobs_run_on_an_eval_worker_or_between_steps_and_land_in_the_manifests() {
+    let _serial = serial();
+    let gpt2 = root()
+        .join("model/tests/fixtures/gpt2")
+        .display()
+        .to_string();
+    let settings = eval_settings(&gpt2);
+    // A dedicated eval worker; jobs never fall back to the training workers.
+    let a = tempfile::tempdir().unwrap();
+    let mut extra: Vec<&str> = settings.iter().map(String::as_str).collect();
+    extra.extend(["--set", "eval.on_training_workers=false"]);
+    let mut run = Run::start(a.path(), 1, 20, &extra);
+    let ready = run.coordinator.wait_event("ready", T);
+    let (url, http) = (
+        format!("http://{}", ready["addr"].as_str().unwrap()),
+        ready["http"].as_str().unwrap().to_string(),
+    );
+    let mut eval_worker = Proc::spawn(
+        "eval-worker",
+        elf(),
+        &[
+            "worker",
+            "--coordinator",
+            &url,
+            "--worker-id",
+            "e0",
+            "--role",
+            "eval",
+        ],
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    let first = run.coordinator.wait_event("eval", T);
+    assert_eq!(
+        first["step"], 9,
+        "every second checkpoint: steps 4, 9, 14, 19 -> 9, 19"
+    );
+    let status: Value = serde_json::from_str(&http_get(&http, "/status")).unwrap();
+    assert_eq!(status["last_eval"]["step"], 9, "{status}");
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains("elf_eval_value{metric=\"ppl\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("elf_eval_jobs_total 1"), "{metrics}");
+    promtool(&metrics);
+    let s = eval_worker.wait_exit(T);
+    assert!(s.success(), "eval worker failed\n{}", eval_worker.logs());
+    // The eval worker hears DONE only after training is over.
+    assert!(
+        !run_logs_mention(&run, "evaluating"),
+        "the training worker ran an eval job"
+    );
+    run.finish();
+    let evals = lines(&a.path().join("metrics/eval.jsonl"));
+    assert_eq!(
+        evals
+            .iter()
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [9, 19]
+    );
+    for e in &evals {
+        let step = e["step"].as_u64().unwrap();
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                a.path()
+                    .join(format!("checkpoints/step-{step:09}/manifest.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["eval"]["results"], e["results"], "step {step}");
+        assert_eq!(m["eval"]["worker"], "e0");
+        for r in e["results"].as_array().unwrap() {
+            assert!(r["ppl"].as_f64().unwrap() > 1.0, "{r}");
+            assert_eq!(r["samples"], 3);
+        }
+    }
+    let m14: Value = serde_json::from_str(
+        &std::fs::read_to_string(a.path().join("checkpoints/step-000000014/manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(m14["eval"].is_null(), "step 14 is not evaluated");
+    // No eval worker: rank 0 evaluates between steps, with the same results.
+    let b = tempfile::tempdir().unwrap();
+    let d = b.path().display().to_string();
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--run-dir",
+        &d,
+        "--workers",
+        "1",
+    ];
+    args.extend(settings.iter().map(String::as_str));
+    let o = std::process::Command::new(elf())
+        .args(&args)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&b.path().join("metrics/eval.jsonl")), evals);
+    let log = std::fs::read_to_string(b.path().join("logs/worker-0.log")).unwrap();
+    assert!(log.contains("evaluating"), "{log}");
+}
+
+fn run_logs_mention(run: &Run, what: &str) -> bool {
+    run.workers.iter().any(|w| w.logs().contains(what))
+}

@@ -25,8 +25,9 @@ use elf_data::source::Location;
 use elf_data::tokenizer::TextTokenizer;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::events;
-use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
+use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry, step_dir};
 use elf_shared::plan::Plan;
+use elf_shared::proto::EvalReport;
 use elf_shared::proto::coordinator_server::CoordinatorServer;
 use elf_shared::schedule::Schedule;
 use serde_json::json;
@@ -34,7 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
-use crate::state::{ClusterState, Commit, CompletedSave, Phase, RunFacts};
+use crate::state::{ClusterState, Commit, CompletedSave, EvalJob, Phase, RunFacts};
 
 /// Per-process facts of a coordinator (never hyperparameters: those are in the config).
 #[derive(Debug, Clone)]
@@ -108,8 +109,8 @@ pub struct Inner {
     checkpoint_root: Location,
     keep_last: usize,
     seed: u64,
-    /// Manifests being written.
-    pub saves_in_flight: std::sync::atomic::AtomicUsize,
+    /// The last evaluation (for `/status`).
+    last_eval: Mutex<serde_json::Value>,
     events: bool,
     recorder: Mutex<Recorder>,
     progress: watch::Sender<Progress>,
@@ -248,17 +249,11 @@ impl Inner {
     /// runtime. Counted as in flight under the state lock, so the driver never sees a save
     /// neither pending nor in flight while its manifest is being written.
     pub fn write_complete_saves(self: &Arc<Self>) {
-        let saves = {
-            let mut st = self.state.lock().expect("state lock");
-            let saves = st.take_complete_saves();
-            self.saves_in_flight
-                .fetch_add(saves.len(), std::sync::atomic::Ordering::SeqCst);
-            saves
-        };
+        let saves = self.state.lock().expect("state lock").take_complete_saves();
         for save in saves {
             let me = self.clone();
             std::thread::spawn(move || {
-                match me.write_manifest(&save) {
+                let ok = match me.write_manifest(&save) {
                     Ok(deleted) => {
                         tracing::info!(step = save.step, ?deleted, "checkpoint committed");
                         me.metrics.checkpoint_saves.inc();
@@ -266,16 +261,74 @@ impl Inner {
                         if me.events {
                             events::emit("checkpoint", json!({"step": save.step}));
                         }
+                        true
                     }
                     Err(e) => {
                         tracing::warn!(step = save.step, error = %e, "checkpoint manifest not written; training continues");
                         me.metrics.checkpoint_failures.inc();
+                        false
                     }
-                }
-                me.saves_in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                };
+                let dir = me.checkpoint_root.join(&step_dir(save.step)).display();
+                me.state
+                    .lock()
+                    .expect("state lock")
+                    .save_written(save.step, dir, ok);
+                me.notify.notify_waiters();
             });
         }
+    }
+
+    /// Records a finished eval job: into its checkpoint's manifest, `metrics/eval.jsonl`,
+    /// `/status` and Prometheus (blocking IO; called off the async runtime).
+    pub fn record_eval(&self, job: &EvalJob, r: &EvalReport) {
+        if !r.error.is_empty() {
+            tracing::warn!(step = job.step, worker = %r.worker_id, error = %r.error, "eval job failed; training continues");
+            self.metrics.eval_failures.inc();
+            self.emit("eval_failed", json!({"step": job.step, "reason": r.error}));
+            return;
+        }
+        let results: serde_json::Value =
+            serde_json::from_str(&r.results_json).unwrap_or(serde_json::Value::Null);
+        let doc = json!({"step": job.step, "results": results});
+        let written = Location::parse(&job.dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|dir| {
+                let mut m = checkpoints::read_manifest(&dir)?;
+                m.eval = json!({"results": results, "worker": r.worker_id, "seconds": r.seconds});
+                checkpoints::rewrite_manifest(&dir, &m)?;
+                Ok(())
+            });
+        if let Err(e) = written {
+            tracing::warn!(step = job.step, error = %e, "eval results not written into the manifest");
+        }
+        let line = format!("{doc}\n");
+        let path = self.run_dir.join("metrics/eval.jsonl");
+        if let Err(e) = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot append the eval results");
+        }
+        for run in results.as_array().into_iter().flatten() {
+            let name = run["run"].as_str().unwrap_or("");
+            for metric in ["ppl", "mean_entropy", "bleu", "rouge1", "rouge2", "rougeL"] {
+                if let Some(v) = run[metric].as_f64() {
+                    self.metrics
+                        .eval_value
+                        .with_label_values(&[name, metric])
+                        .set(v);
+                }
+            }
+        }
+        self.metrics.eval_jobs.inc();
+        self.metrics.eval_last_step.set(job.step as i64);
+        self.metrics.eval_seconds.set(r.seconds);
+        tracing::info!(step = job.step, seconds = r.seconds, "checkpoint evaluated");
+        self.emit("eval", doc.clone());
+        *self.last_eval.lock().expect("eval lock") = doc;
     }
 
     fn write_manifest(&self, save: &CompletedSave) -> anyhow::Result<Vec<u64>> {
@@ -346,6 +399,8 @@ impl Inner {
             "workers": workers,
             "throughput_tokens_per_s": p.tokens_per_s,
             "last_losses": {"loss": p.loss.0, "ce_loss": p.loss.1, "l2_loss": p.loss.2},
+            "evals_outstanding": s.evals_outstanding(),
+            "last_eval": *self.last_eval.lock().expect("eval lock"),
         })
     }
 
@@ -451,6 +506,9 @@ fn prepare(
         save_final: c.checkpoint.save_final,
         checkpoint_root: checkpoint_root.display(),
         stop_after: opts.stop_after,
+        eval_every: c.eval.every_checkpoints,
+        eval_at_end: c.eval.at_end,
+        eval_inline: c.eval.on_training_workers,
     };
     let dir = &opts.run_dir;
     fs::create_dir_all(dir.join("metrics"))
@@ -484,7 +542,7 @@ fn prepare(
         checkpoint_root,
         keep_last: c.checkpoint.keep_last,
         seed: c.seed,
-        saves_in_flight: std::sync::atomic::AtomicUsize::new(0),
+        last_eval: Mutex::new(serde_json::Value::Null),
         events: opts.events,
         recorder: Mutex::new(recorder),
         progress: ptx,
@@ -579,11 +637,15 @@ async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
             for why in s.tick(Instant::now()) {
                 tracing::warn!(reason = %why, "evicted");
             }
-            (
-                s.phase().clone(),
-                s.step(),
-                s.quorum().map(|q| q.ranks.clone()).unwrap_or_default(),
-            )
+            // Quorum members and eval workers must all hear the final directive.
+            let mut told = s.quorum().map(|q| q.ranks.clone()).unwrap_or_default();
+            told.extend(
+                s.members()
+                    .iter()
+                    .filter(|(_, m)| m.role == "eval")
+                    .map(|(id, _)| id.clone()),
+            );
+            (s.phase().clone(), s.step(), told)
         };
         inner.notify.notify_waiters();
         if events_on
@@ -594,16 +656,16 @@ async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
             events::emit("step", json!({"step": step - 1}));
         }
         last_step = step;
-        let saving = !inner
-            .state
-            .lock()
-            .expect("state lock")
-            .pending_saves()
-            .is_empty()
-            || inner
-                .saves_in_flight
-                .load(std::sync::atomic::Ordering::SeqCst)
-                > 0;
+        let (saving, evals) = {
+            let mut s = inner.state.lock().expect("state lock");
+            for job in s.abandon_evals() {
+                tracing::warn!(
+                    step = job.step,
+                    "no worker can run this eval job (no eval worker, training over); skipped"
+                );
+            }
+            (s.saving(), s.evals_outstanding())
+        };
         let outcome = match phase {
             Phase::Done
                 if saving
@@ -613,6 +675,9 @@ async fn drive(inner: &Arc<Inner>, events_on: bool) -> Outcome {
             {
                 continue;
             }
+            // Eval jobs run to completion (an evicted eval worker's job goes back to the
+            // queue; jobs nobody can run are abandoned above).
+            Phase::Done if evals > 0 => continue,
             Phase::Done => Outcome::Done { steps: step },
             Phase::Failed(why) => Outcome::Failed(why),
             _ => continue,

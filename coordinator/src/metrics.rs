@@ -35,6 +35,17 @@ pub struct Metrics {
     pub checkpoint_failures: IntCounter,
     /// Step of the last committed checkpoint.
     pub checkpoint_last_step: IntGauge,
+    /// Eval jobs completed.
+    pub eval_jobs: IntCounter,
+    /// Eval jobs that failed.
+    pub eval_failures: IntCounter,
+    /// Step of the last evaluated checkpoint.
+    pub eval_last_step: IntGauge,
+    /// Seconds the last eval job took.
+    pub eval_seconds: Gauge,
+    /// The last evaluation's metrics (`metric` = ppl, mean_entropy, bleu, rouge1, rouge2,
+    /// rougeL; `run` = the sampling config's run name).
+    pub eval_value: GaugeVec,
 }
 
 impl Metrics {
@@ -123,6 +134,18 @@ impl Metrics {
             checkpoint_last_step: ig(
                 "elf_checkpoint_last_step",
                 "Step of the last committed checkpoint.",
+            ),
+            eval_jobs: c("elf_eval_jobs_total", "Eval jobs completed."),
+            eval_failures: c("elf_eval_failures_total", "Eval jobs that failed."),
+            eval_last_step: ig(
+                "elf_eval_last_step",
+                "Step of the last evaluated checkpoint.",
+            ),
+            eval_seconds: g("elf_eval_seconds", "Seconds the last eval job took."),
+            eval_value: gv(
+                "elf_eval_value",
+                "Metrics of the last evaluation by sampling run and metric.",
+                &["run", "metric"],
             ),
             registry,
         }

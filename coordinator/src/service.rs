@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use elf_shared::proto::coordinator_server::Coordinator;
 use elf_shared::proto::step_directive::Kind;
 use elf_shared::proto::{
-    HeartbeatRequest, HeartbeatResponse, NextStepRequest, RegisterRequest, RegisterResponse,
-    ReportAck, ShardReport, StatusRequest, StatusResponse, StepDirective, StepReport,
+    EvalReport, HeartbeatRequest, HeartbeatResponse, NextStepRequest, RegisterRequest,
+    RegisterResponse, ReportAck, ShardReport, StatusRequest, StatusResponse, StepDirective,
+    StepReport,
 };
 use tonic::{Request, Response, Status};
 
@@ -157,6 +158,36 @@ impl Coordinator for Service {
             accepted: true,
             reason: String::new(),
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, step = req.get_ref().step))]
+    async fn report_eval(&self, req: Request<EvalReport>) -> Result<Response<ReportAck>, Status> {
+        let r = req.into_inner();
+        let res = self.inner.state.lock().expect("state lock").eval_job_of(&r);
+        let ack = match res {
+            Ok(job) => {
+                let inner = self.inner.clone();
+                // Manifest and metrics IO off the async runtime, before the job counts as
+                // done (the run does not end with results unwritten).
+                let r = tokio::task::spawn_blocking(move || {
+                    inner.record_eval(&job, &r);
+                    r
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+                let _ = self.inner.state.lock().expect("state lock").report_eval(&r);
+                ReportAck {
+                    accepted: true,
+                    reason: String::new(),
+                }
+            }
+            Err(e) => ReportAck {
+                accepted: false,
+                reason: e.0,
+            },
+        };
+        self.inner.notify.notify_waiters();
+        Ok(Response::new(ack))
     }
 
     async fn status(

@@ -8,13 +8,14 @@
 //! member silent for longer than the heartbeat timeout is evicted, which (until elastic
 //! recovery lands) fails the run with a reason naming the worker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use elf_shared::manifest::step_dir;
 use elf_shared::plan::Plan;
 use elf_shared::proto::{
-    PROTOCOL_VERSION, RegisterRequest, ShardReport, StepDirective, StepReport, step_directive::Kind,
+    EvalReport, PROTOCOL_VERSION, RegisterRequest, ShardReport, StepDirective, StepReport,
+    step_directive::Kind,
 };
 use elf_shared::schedule::Schedule;
 
@@ -93,6 +94,12 @@ pub struct RunFacts {
     pub checkpoint_root: String,
     /// Stop (done) after this many steps even if the run has more (for staged runs and tests).
     pub stop_after: Option<u64>,
+    /// Evaluate every this many committed checkpoints (0: never).
+    pub eval_every: u64,
+    /// Evaluate the final checkpoint.
+    pub eval_at_end: bool,
+    /// Without an eval worker, rank 0 of the training workers evaluates between steps.
+    pub eval_inline: bool,
 }
 
 impl RunFacts {
@@ -121,6 +128,15 @@ pub struct CompletedSave {
     pub commit: Commit,
 }
 
+/// A committed checkpoint to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalJob {
+    /// The checkpoint's step.
+    pub step: u64,
+    /// Its folder (URL or path).
+    pub dir: String,
+}
+
 #[derive(Debug, Clone, Default)]
 struct PendingSave {
     world: u32,
@@ -139,6 +155,16 @@ pub struct ClusterState {
     reports: BTreeMap<u32, StepReport>,
     phase: Phase,
     saves: BTreeMap<u64, PendingSave>,
+    /// Manifests taken for writing and not yet reported written.
+    writing: usize,
+    /// Checkpoints committed by this process.
+    committed: u64,
+    /// Whether any rank was handed the current step (no inline eval may start then: the other
+    /// ranks would wait for rank 0 in the all-reduce).
+    handed: bool,
+    eval_queue: VecDeque<EvalJob>,
+    /// Eval jobs by the worker running them.
+    eval_running: BTreeMap<String, EvalJob>,
 }
 
 /// Why a request was refused.
@@ -163,6 +189,11 @@ impl ClusterState {
             reports: BTreeMap::new(),
             phase,
             saves: BTreeMap::new(),
+            writing: 0,
+            committed: 0,
+            handed: false,
+            eval_queue: VecDeque::new(),
+            eval_running: BTreeMap::new(),
         }
     }
 
@@ -278,6 +309,9 @@ impl ClusterState {
         let mut reasons = vec![];
         for id in dead {
             self.members.remove(&id);
+            if let Some(job) = self.eval_running.remove(&id) {
+                self.eval_queue.push_front(job);
+            }
             let why = format!(
                 "worker {id} missed heartbeats for more than {} ms",
                 timeout.as_millis()
@@ -301,8 +335,14 @@ impl ClusterState {
     }
 
     /// Returns what worker `id` should do after finishing `after` (`None`: nothing yet).
-    pub fn directive(&self, id: &str, after: Option<u64>) -> StepDirective {
+    pub fn directive(&mut self, id: &str, after: Option<u64>) -> StepDirective {
         let total = self.facts.total_steps;
+        if self.members.get(id).is_some_and(|m| m.role == "eval") {
+            return self.eval_directive(id);
+        }
+        if let Some(d) = self.inline_eval(id, after) {
+            return d;
+        }
         match &self.phase {
             Phase::Failed(why) => {
                 return StepDirective {
@@ -344,6 +384,7 @@ impl ClusterState {
         if !ready || self.reports.contains_key(&(rank as u32)) {
             return Self::wait(format!("step {} in flight", self.step));
         }
+        self.handed = true;
         let world = q.ranks.len() as u64;
         let slice = self
             .facts
@@ -438,6 +479,7 @@ impl ClusterState {
             p.commit = Some(commit.clone());
         }
         self.step += 1;
+        self.handed = false;
         if self.step >= self.facts.end() {
             self.phase = Phase::Done;
         }
@@ -469,6 +511,7 @@ impl ClusterState {
             .filter(|(_, p)| p.commit.is_some() && p.world > 0 && p.shards.len() as u32 == p.world)
             .map(|(s, _)| *s)
             .collect();
+        self.writing += done.len();
         done.into_iter()
             .map(|step| {
                 let p = self.saves.remove(&step).expect("listed above");
@@ -484,6 +527,156 @@ impl ClusterState {
     /// Returns the steps whose checkpoints are still being written.
     pub fn pending_saves(&self) -> Vec<u64> {
         self.saves.keys().copied().collect()
+    }
+
+    /// True while a checkpoint of this run is still on its way (shards or manifest).
+    pub fn saving(&self) -> bool {
+        !self.saves.is_empty() || self.writing > 0
+    }
+
+    /// Records that the manifest of a taken save was written (`ok`) or not; a written one may
+    /// schedule an eval job (every `eval_every` committed checkpoints, and the final one).
+    pub fn save_written(&mut self, step: u64, dir: String, ok: bool) {
+        self.writing = self.writing.saturating_sub(1);
+        if !ok {
+            return;
+        }
+        self.committed += 1;
+        let every = self.facts.eval_every;
+        if (every > 0 && self.committed.is_multiple_of(every))
+            || (self.facts.eval_at_end && step + 1 == self.facts.end())
+        {
+            self.eval_queue.push_back(EvalJob { step, dir });
+        }
+    }
+
+    /// Eval jobs queued or running.
+    pub fn evals_outstanding(&self) -> usize {
+        self.eval_queue.len() + self.eval_running.len()
+    }
+
+    /// True when a `--role eval` worker is registered.
+    pub fn has_eval_worker(&self) -> bool {
+        self.members.values().any(|m| m.role == "eval")
+    }
+
+    fn eval_kind(job: &EvalJob, total: u64) -> StepDirective {
+        StepDirective {
+            kind: Kind::Eval as i32,
+            step: job.step,
+            checkpoint_dir: job.dir.clone(),
+            total_steps: total,
+            ..Default::default()
+        }
+    }
+
+    /// The directive of a dedicated eval worker: the job it runs, the next queued one, DONE
+    /// when training is over with nothing left to evaluate, else WAIT.
+    fn eval_directive(&mut self, id: &str) -> StepDirective {
+        let total = self.facts.total_steps;
+        if let Phase::Failed(why) = &self.phase {
+            return StepDirective {
+                kind: Kind::Stop as i32,
+                reason: why.clone(),
+                ..Default::default()
+            };
+        }
+        if let Some(job) = self.eval_running.get(id) {
+            return Self::eval_kind(job, total);
+        }
+        if let Some(job) = self.eval_queue.pop_front() {
+            let d = Self::eval_kind(&job, total);
+            self.eval_running.insert(id.to_string(), job);
+            return d;
+        }
+        if self.phase == Phase::Done && !self.saving() {
+            return StepDirective {
+                kind: Kind::Done as i32,
+                step: self.step,
+                total_steps: total,
+                ..Default::default()
+            };
+        }
+        Self::wait("no committed checkpoint to evaluate yet".into())
+    }
+
+    /// Eval on the training workers (no eval worker registered, `eval_inline`): at a step
+    /// boundary no rank has been handed yet, rank 0 gets the job and the others wait; at the
+    /// end of the run the workers are held until the last checkpoint is written and evaluated.
+    fn inline_eval(&mut self, id: &str, after: Option<u64>) -> Option<StepDirective> {
+        let f = &self.facts;
+        if !f.eval_inline || (f.eval_every == 0 && !f.eval_at_end) || self.has_eval_worker() {
+            return None;
+        }
+        let q = self.quorum.as_ref()?;
+        let rank = q.ranks.iter().position(|r| r == id)?;
+        let total = f.total_steps;
+        let done = match self.phase {
+            Phase::Running => false,
+            Phase::Done => true,
+            _ => return None,
+        };
+        if let Some(job) = self.eval_running.get(id) {
+            return Some(Self::eval_kind(job, total));
+        }
+        if let Some((_, job)) = self.eval_running.iter().next() {
+            return Some(Self::wait(format!(
+                "rank 0 is evaluating step {}",
+                job.step
+            )));
+        }
+        let boundary = after.is_none_or(|a| a + 1 == self.step) && !self.handed;
+        if !self.eval_queue.is_empty() && (boundary || done) {
+            if rank != 0 {
+                return Some(Self::wait("rank 0 is about to evaluate".into()));
+            }
+            let job = self.eval_queue.pop_front().expect("not empty");
+            let d = Self::eval_kind(&job, total);
+            self.eval_running.insert(id.to_string(), job);
+            return Some(d);
+        }
+        if done && self.saving() {
+            return Some(Self::wait(
+                "the last checkpoint is being written (it may be evaluated)".into(),
+            ));
+        }
+        None
+    }
+
+    /// The job an eval report is about (the report is recorded before [`Self::report_eval`]
+    /// completes it, so the run never ends between the two).
+    ///
+    /// # Errors
+    /// A report from a worker that was not running that job.
+    pub fn eval_job_of(&self, r: &EvalReport) -> Result<EvalJob, Refused> {
+        match self.eval_running.get(&r.worker_id) {
+            Some(job) if job.step == r.step => Ok(job.clone()),
+            _ => Err(Refused(format!(
+                "worker {} reported an eval of step {} it was not running",
+                r.worker_id, r.step
+            ))),
+        }
+    }
+
+    /// Completes the eval job of a report; returns it.
+    ///
+    /// # Errors
+    /// A report from a worker that was not running that job.
+    pub fn report_eval(&mut self, r: &EvalReport) -> Result<EvalJob, Refused> {
+        let job = self.eval_job_of(r)?;
+        self.eval_running.remove(&r.worker_id);
+        Ok(job)
+    }
+
+    /// Drops the eval jobs nobody can run (no eval worker, no inline evaluation); returns them.
+    pub fn abandon_evals(&mut self) -> Vec<EvalJob> {
+        let inline = self.facts.eval_inline
+            && self.quorum.is_some()
+            && matches!(self.phase, Phase::Running | Phase::Done);
+        if self.has_eval_worker() || inline || !self.eval_running.is_empty() {
+            return vec![];
+        }
+        self.eval_queue.drain(..).collect()
     }
 
     /// Marks the run failed (used by the driver for errors outside the protocol).
@@ -515,6 +708,9 @@ mod tests {
             save_final: false,
             checkpoint_root: "ckpt".into(),
             stop_after: None,
+            eval_every: 0,
+            eval_at_end: false,
+            eval_inline: true,
         }
     }
 
@@ -703,5 +899,133 @@ mod tests {
             s.phase(),
             &Phase::Failed("worker a failed step 0: peer rank 1 closed the connection".into())
         );
+    }
+    /// Trains `a` and `b` through step `step` (both ranks report).
+    fn commit_step(s: &mut ClusterState, step: u64) {
+        let after = step.checked_sub(1);
+        let (da, db) = (s.directive("a", after), s.directive("b", after));
+        assert_eq!((da.kind, da.step), (Kind::Train as i32, step), "{da:?}");
+        s.report(Instant::now(), report(&da, "a", "x")).unwrap();
+        s.report(Instant::now(), report(&db, "b", "x")).unwrap();
+    }
+
+    fn eval_member(id: &str) -> RegisterRequest {
+        RegisterRequest {
+            role: "eval".into(),
+            ..member(id)
+        }
+    }
+
+    #[test]
+    fn eval_jobs_follow_every_k_committed_checkpoints_and_the_last() {
+        let mut f = facts(2, 6);
+        (f.eval_every, f.eval_at_end) = (2, true);
+        let mut s = ClusterState::new(f, 0);
+        for (step, ok) in [(0, true), (1, false), (2, true), (3, true), (5, true)] {
+            s.save_written(step, format!("ckpt/{step}"), ok);
+        }
+        // Committed: 0, 2, 3, 5 -> the 2nd (2), the 4th (5), and 5 is also the last.
+        let queued: Vec<u64> = s.eval_queue.iter().map(|j| j.step).collect();
+        assert_eq!(queued, [2, 5]);
+    }
+
+    #[test]
+    fn an_eval_worker_takes_jobs_and_training_never_waits_for_it() {
+        let now = Instant::now();
+        let mut f = facts(2, 4);
+        f.eval_every = 1;
+        let mut s = ClusterState::new(f, 0);
+        s.register(now, &member("a")).unwrap();
+        s.register(now, &member("b")).unwrap();
+        s.register(now, &eval_member("e")).unwrap();
+        assert_eq!(
+            s.quorum().unwrap().ranks,
+            ["a", "b"],
+            "eval workers do not train"
+        );
+        assert_eq!(s.directive("e", None).kind, Kind::Wait as i32);
+        commit_step(&mut s, 0);
+        s.save_written(0, "ckpt/0".into(), true);
+        let d = s.directive("e", None);
+        assert_eq!(
+            (d.kind, d.step, d.checkpoint_dir.as_str()),
+            (Kind::Eval as i32, 0, "ckpt/0")
+        );
+        // Training goes on while the job runs.
+        commit_step(&mut s, 1);
+        assert_eq!(s.evals_outstanding(), 1);
+        // A stale or foreign report is refused; the right one completes the job.
+        let mut r = EvalReport {
+            worker_id: "a".into(),
+            step: 0,
+            ..Default::default()
+        };
+        assert!(s.report_eval(&r).is_err());
+        r.worker_id = "e".into();
+        assert_eq!(s.report_eval(&r).unwrap().step, 0);
+        assert_eq!(s.evals_outstanding(), 0);
+        // A silent eval worker's job goes back to the queue.
+        s.save_written(1, "ckpt/1".into(), true);
+        assert_eq!(s.directive("e", None).kind, Kind::Eval as i32);
+        s.heartbeat(now + Duration::from_secs(4), "a");
+        s.heartbeat(now + Duration::from_secs(4), "b");
+        s.tick(now + Duration::from_secs(6));
+        assert!(!s.has_eval_worker());
+        assert_eq!(s.eval_queue.front().map(|j| j.step), Some(1));
+    }
+
+    #[test]
+    fn without_an_eval_worker_rank_0_evaluates_at_a_step_boundary_only() {
+        let now = Instant::now();
+        let mut f = facts(2, 3);
+        (f.eval_every, f.eval_at_end) = (1, true);
+        let mut s = ClusterState::new(f, 0);
+        s.register(now, &member("a")).unwrap();
+        s.register(now, &member("b")).unwrap();
+        commit_step(&mut s, 0);
+        // b was handed step 1 before the checkpoint of step 0 committed: no eval until step 1
+        // is done, or a would leave b waiting in the all-reduce.
+        let db = s.directive("b", Some(0));
+        assert_eq!(db.kind, Kind::Train as i32);
+        s.save_written(0, "ckpt/0".into(), true);
+        let da = s.directive("a", Some(0));
+        assert_eq!((da.kind, da.step), (Kind::Train as i32, 1));
+        s.report(now, report(&da, "a", "x")).unwrap();
+        s.report(now, report(&db, "b", "x")).unwrap();
+        // At the boundary: b waits, a evaluates, then step 2 goes on.
+        let db = s.directive("b", Some(1));
+        assert_eq!(db.kind, Kind::Wait as i32, "{db:?}");
+        let da = s.directive("a", Some(1));
+        assert_eq!((da.kind, da.step), (Kind::Eval as i32, 0));
+        assert_eq!(
+            s.directive("b", Some(1)).reason,
+            "rank 0 is evaluating step 0"
+        );
+        s.report_eval(&EvalReport {
+            worker_id: "a".into(),
+            step: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        commit_step(&mut s, 2);
+        assert_eq!(s.phase(), &Phase::Done);
+        // The run is over but its last checkpoint is still being written: the workers are
+        // held, then rank 0 evaluates it, then everyone is done.
+        s.saves.entry(2).or_default();
+        assert_eq!(s.directive("a", Some(2)).kind, Kind::Wait as i32);
+        s.saves.clear();
+        s.writing = 1;
+        s.save_written(2, "ckpt/2".into(), true);
+        assert_eq!(s.directive("b", Some(2)).kind, Kind::Wait as i32);
+        let da = s.directive("a", Some(2));
+        assert_eq!((da.kind, da.step), (Kind::Eval as i32, 2));
+        s.report_eval(&EvalReport {
+            worker_id: "a".into(),
+            step: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.directive("a", Some(2)).kind, Kind::Done as i32);
+        assert_eq!(s.directive("b", Some(2)).kind, Kind::Done as i32);
     }
 }

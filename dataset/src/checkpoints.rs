@@ -38,6 +38,16 @@ pub fn commit(root: &Location, m: &Manifest) -> Result<(), DataError> {
     root.join("latest").put(step_dir(m.step).into_bytes())
 }
 
+/// Replaces the manifest of a committed checkpoint folder (to add eval results): one atomic
+/// put, so readers see the old or the new manifest, never neither.
+///
+/// # Errors
+/// Store errors.
+pub fn rewrite_manifest(dir: &Location, m: &Manifest) -> Result<(), DataError> {
+    dir.join("manifest.json")
+        .put(serde_json::to_vec_pretty(m).expect("manifest serialises"))
+}
+
 /// Returns the steps that have a checkpoint folder (committed or not), ascending.
 ///
 /// # Errors

@@ -267,6 +267,40 @@ impl Default for CheckpointSection {
     }
 }
 
+/// Evaluation jobs the coordinator schedules on committed checkpoints (spec §6; our section:
+/// the reference evaluates inside its training loop every `eval_freq` epochs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate every this many committed checkpoints (0: never).
+    pub every_checkpoints: u64,
+    /// Evaluate the final checkpoint of the run.
+    pub at_end: bool,
+    /// With no `--role eval` worker registered, rank 0 of the training workers runs the job
+    /// between two steps (the others wait); when false such jobs wait for an eval worker.
+    pub on_training_workers: bool,
+    /// Samples (unconditional) or eval rows (conditional); default `num_samples`.
+    pub num_samples: Option<usize>,
+    /// GPT-2 folder (config.json, model.safetensors, tokenizer.json) for generative perplexity;
+    /// default `eval_ppl_model` when that names a folder; without one, perplexity is skipped.
+    pub gpt2: Option<String>,
+    /// Samples per generation batch; default `global_batch_size`.
+    pub batch: Option<usize>,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            every_checkpoints: 0,
+            at_end: false,
+            on_training_workers: true,
+            num_samples: None,
+            gpt2: None,
+            batch: None,
+        }
+    }
+}
+
 /// The resolved run configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -443,6 +477,8 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// Checkpoint settings.
     pub checkpoint: CheckpointSection,
+    /// Evaluation jobs.
+    pub eval: EvalSection,
 }
 
 impl Default for Config {
@@ -519,6 +555,7 @@ impl Default for Config {
             train: TrainSection::default(),
             cluster: ClusterSection::default(),
             checkpoint: CheckpointSection::default(),
+            eval: EvalSection::default(),
         }
     }
 }
@@ -613,6 +650,7 @@ impl Config {
             &mut config.eval_data_path,
             &mut config.encoder_checkpoint,
             &mut config.tokenizer_name,
+            &mut config.eval.gpt2,
         ]
         .into_iter()
         .flatten()

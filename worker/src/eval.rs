@@ -318,3 +318,175 @@ pub fn specs(c: &Config, sampling: Option<&Path>) -> anyhow::Result<Vec<SampleSp
     };
     Ok(list.iter().flat_map(sweep).collect())
 }
+
+/// What an evaluation runs: the sweep, the samples or eval rows, the scorer.
+pub struct EvalPlan<B: burn::tensor::backend::Backend> {
+    /// Sampling specs (the sweep).
+    pub specs: Vec<SampleSpec>,
+    /// Conditional eval rows (None: unconditional).
+    pub prompts: Option<Vec<Row>>,
+    /// Unconditional samples.
+    pub n: usize,
+    /// Generation batch.
+    pub batch: usize,
+    /// GPT-2 scorer (unconditional).
+    pub scorer: Option<Scorer<B>>,
+    /// Scorer context limit.
+    pub max_len: usize,
+    /// Scorer batch.
+    pub scorer_batch: usize,
+    /// Sampling seed.
+    pub seed: u64,
+}
+
+/// What the command line may change about a config's evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct EvalOverrides {
+    /// Eval set instead of `eval_data_path`.
+    pub eval_file: Option<String>,
+    /// GPT-2 folder instead of `eval.gpt2` / `eval_ppl_model`.
+    pub gpt2: Option<std::path::PathBuf>,
+    /// Samples or eval rows instead of `eval.num_samples` / `num_samples`.
+    pub num_samples: Option<usize>,
+    /// Generation batch instead of `eval.batch` / `global_batch_size`.
+    pub batch: Option<usize>,
+    /// Sampling seed instead of the config's `seed`.
+    pub seed: Option<u64>,
+}
+
+/// The evaluation a task config asks for (spec §6): its eval set (or `eval_file`), its sample
+/// count, its sweep, and the GPT-2 scorer at `gpt2` (default: `eval.gpt2`, else
+/// `eval_ppl_model` when that names a folder; without one perplexity is skipped, with a
+/// warning).
+///
+/// # Errors
+/// An unreadable eval set or a GPT-2 folder that does not load.
+pub fn plan_for<B: burn::tensor::backend::Backend>(
+    task: &ResolvedConfig,
+    tokenizer: &Arc<TextTokenizer>,
+    o: EvalOverrides,
+    device: &B::Device,
+) -> anyhow::Result<EvalPlan<B>> {
+    let EvalOverrides {
+        eval_file,
+        gpt2,
+        num_samples,
+        batch,
+        seed,
+    } = o;
+    let seed = seed.unwrap_or(task.config.seed);
+    let c = &task.config;
+    let eval_set = eval_file.or_else(|| c.eval_data_path.as_ref().map(|p| task.resolve(p)));
+    let n = num_samples.or(c.eval.num_samples).unwrap_or(c.num_samples);
+    let prompts = match &eval_set {
+        Some(f) => Some(read_prompts(f, tokenizer, Some(n))?),
+        None => None,
+    };
+    let scorer = if prompts.is_some() {
+        None
+    } else {
+        let dir = gpt2
+            .or_else(|| c.eval.gpt2.as_ref().map(|p| task.resolve(p).into()))
+            .unwrap_or_else(|| task.resolve(&c.eval_ppl_model).into());
+        if dir.is_dir() {
+            Some(Scorer::load(&dir, device)?)
+        } else {
+            tracing::warn!(
+                scorer = %dir.display(),
+                "no GPT-2 folder there: generative perplexity and entropy are skipped (give one with config.json, model.safetensors, tokenizer.json)"
+            );
+            None
+        }
+    };
+    Ok(EvalPlan {
+        specs: specs(c, None)?,
+        prompts,
+        n,
+        batch: batch.or(c.eval.batch).unwrap_or(c.global_batch_size),
+        scorer,
+        max_len: c.eval_ppl_max_length,
+        scorer_batch: c.eval_ppl_batch_size.clamp(1, 8),
+        seed,
+    })
+}
+
+/// Runs an evaluation plan on a loaded checkpoint: for each spec, its generations and scores.
+/// `progress(run, done, total)` follows the generation.
+///
+/// # Errors
+/// A prompt the collator rejects.
+pub fn run_plan<B: AutodiffBackend>(
+    m: &Loaded<B>,
+    plan: &EvalPlan<B::InnerBackend>,
+    device: &B::Device,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> anyhow::Result<Vec<(EvalResult, Vec<Generated>)>> {
+    let mut out = vec![];
+    for spec in &plan.specs {
+        let run = run_name(spec, plan.prompts.is_some());
+        let total = plan.prompts.as_ref().map_or(plan.n, Vec::len);
+        let gens = sample_all(
+            m,
+            spec,
+            plan.prompts.as_deref(),
+            plan.n,
+            plan.batch,
+            plan.seed,
+            device,
+            &mut |d| progress(&run, d, total),
+        )?;
+        let r = score(
+            run,
+            &gens,
+            plan.scorer.as_ref(),
+            plan.max_len,
+            plan.scorer_batch,
+            device,
+        );
+        out.push((r, gens));
+    }
+    Ok(out)
+}
+
+/// Writes generations as JSONL, one object per sample.
+///
+/// # Errors
+/// IO errors, naming the file.
+pub fn write_generations(path: &Path, gens: &[Generated]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for g in gens {
+        text.push_str(&serde_json::to_string(g)?);
+        text.push('\n');
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// An eval job of the coordinator: evaluate the committed checkpoint in `dir` as the run's
+/// config asks, write the generations under `<run_dir>/eval/step-<k>/`, and return the
+/// results.
+///
+/// # Errors
+/// A checkpoint that does not load (e.g. deleted by retention), an unreadable eval set.
+pub fn run_job<B: AutodiffBackend>(
+    dir: &str,
+    run_dir: &Path,
+    device: &B::Device,
+) -> anyhow::Result<Vec<EvalResult>> {
+    let m: Loaded<B> = load(dir, device)?;
+    let plan = plan_for::<B::InnerBackend>(&m.rc, &m.tokenizer, EvalOverrides::default(), device)?;
+    let step = m.manifest.step;
+    let results = run_plan(&m, &plan, device, &mut |_, _, _| {})?;
+    let folder = run_dir
+        .join("eval")
+        .join(elf_shared::manifest::step_dir(step));
+    let mut out = vec![];
+    for (r, gens) in results {
+        write_generations(&folder.join(format!("{}.jsonl", r.run)), &gens)?;
+        out.push(r);
+    }
+    Ok(out)
+}

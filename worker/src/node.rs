@@ -19,7 +19,8 @@ use elf_shared::events;
 use elf_shared::proto::coordinator_client::CoordinatorClient;
 use elf_shared::proto::step_directive::Kind;
 use elf_shared::proto::{
-    HeartbeatRequest, NextStepRequest, PROTOCOL_VERSION, RegisterRequest, StepDirective, StepReport,
+    EvalReport, HeartbeatRequest, NextStepRequest, PROTOCOL_VERSION, RegisterRequest,
+    StepDirective, StepReport,
 };
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 use serde_json::json;
@@ -50,6 +51,8 @@ pub struct NodeOptions {
     pub http_listen: String,
     /// How long to keep trying to reach the coordinator.
     pub connect_timeout: Duration,
+    /// `train`, or `eval` for a dedicated eval worker (runs the coordinator's eval jobs only).
+    pub role: String,
 }
 
 struct WorkerMetrics {
@@ -133,7 +136,7 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
             worker_id: opts.worker_id.clone(),
             device: opts.device.clone(),
             collective_addr: collective_addr.clone(),
-            role: "train".into(),
+            role: opts.role.clone(),
             protocol_version: PROTOCOL_VERSION,
         }))
         .map_err(|e| rpc_error(&url, e))?
@@ -204,6 +207,9 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         }
     });
 
+    if opts.role == "eval" {
+        return eval_loop::<B>(&rt, client, &opts, &PathBuf::from(&reg.run_dir), &device);
+    }
     let ds = DataSetup::open(&rc)?;
     let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
     let mut tr = Trainer::<B>::new(c.clone(), encoder, ds.vocab, device.clone());
@@ -264,6 +270,11 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
                     write_samples(&tr, &ds, &c, &run_dir, &device)?;
                 }
                 return Ok(());
+            }
+            Kind::Eval => {
+                // Between two steps: no rank holds step work, the others wait.
+                eval_and_report::<B>(&rt, &mut client, &opts.worker_id, &d, &run_dir, &device);
+                continue;
             }
             Kind::Train => {}
         }
@@ -457,6 +468,70 @@ impl SaveJob {
             tracing::warn!(error = %e.message(), "could not report the checkpoint shard");
         }
         data
+    }
+}
+
+/// Runs one eval job and reports it; a failed job is reported, never fatal.
+fn eval_and_report<B: AutodiffBackend>(
+    rt: &tokio::runtime::Runtime,
+    client: &mut CoordinatorClient<Channel>,
+    worker_id: &str,
+    d: &StepDirective,
+    run_dir: &std::path::Path,
+    device: &B::Device,
+) {
+    tracing::info!(step = d.step, checkpoint = %d.checkpoint_dir, "evaluating");
+    let t0 = Instant::now();
+    let mut report = EvalReport {
+        worker_id: worker_id.to_string(),
+        step: d.step,
+        ..Default::default()
+    };
+    match crate::eval::run_job::<B>(&d.checkpoint_dir, run_dir, device) {
+        Ok(results) => {
+            report.results_json = serde_json::to_string(&results).expect("results serialise");
+        }
+        Err(e) => {
+            tracing::warn!(step = d.step, error = %e, "eval job failed");
+            report.error = format!("{e:#}");
+        }
+    }
+    report.seconds = t0.elapsed().as_secs_f64();
+    if let Err(e) = rt.block_on(client.report_eval(report)) {
+        tracing::warn!(error = %e.message(), "could not report the eval job");
+    }
+}
+
+/// A dedicated eval worker: runs the coordinator's eval jobs until the run is done. Training
+/// never waits for it.
+fn eval_loop<B: AutodiffBackend>(
+    rt: &tokio::runtime::Runtime,
+    mut client: CoordinatorClient<Channel>,
+    opts: &NodeOptions,
+    run_dir: &std::path::Path,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let url = &opts.coordinator;
+    loop {
+        let d: StepDirective = rt
+            .block_on(client.next_step(NextStepRequest {
+                worker_id: opts.worker_id.clone(),
+                after_step: 0,
+                first: true,
+            }))
+            .map_err(|e| rpc_error(url, e))?
+            .into_inner();
+        match Kind::try_from(d.kind).unwrap_or(Kind::Wait) {
+            Kind::Eval => {
+                eval_and_report::<B>(rt, &mut client, &opts.worker_id, &d, run_dir, device);
+            }
+            Kind::Done => {
+                tracing::info!("run complete; no eval job left");
+                return Ok(());
+            }
+            Kind::Stop => bail!("stopped by the coordinator: {}", d.reason),
+            Kind::Wait | Kind::Train => {}
+        }
     }
 }
 
