@@ -1,4 +1,4 @@
-//! `elf`: the one user-facing binary (train, sample, eval, config, model, data, checkpoint, bench).
+//! `elf`: the one user-facing binary (train, sample, eval, plot, config, model, data, checkpoint, bench).
 
 mod bench;
 mod cmd_checkpoint;
@@ -6,6 +6,7 @@ mod cmd_config;
 mod cmd_data;
 mod cmd_eval;
 mod cmd_model;
+mod cmd_plot;
 mod out;
 mod train;
 
@@ -50,6 +51,8 @@ enum Command {
     Sample(cmd_eval::SampleArgs),
     /// Evaluates a checkpoint with the paper's metrics on its task.
     Eval(cmd_eval::EvalArgs),
+    /// Plots a run's loss parts and eval metrics over steps as an SVG.
+    Plot(cmd_plot::PlotArgs),
     /// Validates configs.
     #[command(subcommand)]
     Config(cmd_config::ConfigCmd),
@@ -104,6 +107,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(a) => train::worker(a),
         Command::Sample(a) => cmd_eval::sample(a),
         Command::Eval(a) => cmd_eval::evaluate(a),
+        Command::Plot(a) => cmd_plot::run(a),
         Command::Config(c) => cmd_config::run(c),
         Command::Model(c) => cmd_model::run(c),
         Command::Data(c) => cmd_data::run(c),

@@ -58,6 +58,13 @@ fn run() -> &'static Path {
             dir.path().to_str().unwrap(),
             "--set",
             "checkpoint.interval_steps=10",
+            // Eval jobs on rank 0 between steps: metrics/eval.jsonl for the plot.
+            "--set",
+            "eval.every_checkpoints=1",
+            "--set",
+            "eval.num_samples=2",
+            "--set",
+            "eval.gpt2=model/tests/fixtures/gpt2",
         ]));
         dir
     })
@@ -228,4 +235,44 @@ fn eval_bad_inputs_fail_with_one_clear_line() {
         g.to_str().unwrap(),
     ]));
     assert!(e.contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn plot_draws_the_loss_parts_and_the_eval_metrics_of_a_run() {
+    let evals = std::fs::read_to_string(run().join("metrics/eval.jsonl")).unwrap();
+    assert_eq!(evals.lines().count(), 2, "checkpoints 9 and 19 evaluated");
+    let out = tempfile::tempdir().unwrap();
+    let svg_path = out.path().join("p.svg");
+    let stdout = ok(&elf(&[
+        "plot",
+        run().to_str().unwrap(),
+        "--out",
+        svg_path.to_str().unwrap(),
+    ]));
+    assert!(
+        stdout.contains("(7 charts)"),
+        "5 training charts, ppl and entropy: {stdout}"
+    );
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for title in [
+        "loss parts (rescaled)",
+        "learning rate",
+        "eval: ppl",
+        "eval: mean_entropy",
+    ] {
+        assert!(svg.contains(&format!(">{title}</text>")), "{title} missing");
+    }
+    // 20 training steps: the loss polyline has 20 points.
+    let loss = svg.split("<polyline").nth(1).unwrap();
+    let points = loss
+        .split("points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 20);
+    let e = err_line(&elf(&["plot", out.path().to_str().unwrap()]));
+    assert!(e.contains("train.jsonl"), "{e}");
 }

@@ -655,9 +655,15 @@ impl Config {
         .into_iter()
         .flatten()
         {
+            // As `resolve` does: beside the config, else from the working directory. A path
+            // left relative would be resolved again by every reader of the resolved config
+            // (workers run elsewhere), and hash differently there.
             if !p.contains("://") && Path::new(p.as_str()).is_relative() {
                 let beside = base_dir.join(p.as_str());
-                if let Ok(abs) = beside.canonicalize() {
+                if let Ok(abs) = beside
+                    .canonicalize()
+                    .or_else(|_| Path::new(p.as_str()).canonicalize())
+                {
                     *p = abs.display().to_string();
                 }
             }
