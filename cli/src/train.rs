@@ -99,6 +99,10 @@ pub struct WorkerArgs {
     /// committed checkpoints (training never waits for it).
     #[arg(long, default_value = "train", value_parser = ["train", "eval"], env = "ELF_ROLE")]
     pub role: String,
+    /// Seconds to keep trying to reach a coordinator that went away mid-run (it restarts and
+    /// resumes from its checkpoints; the worker registers again and continues).
+    #[arg(long, default_value_t = 120)]
+    pub reconnect_timeout_s: u64,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -145,6 +149,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         http_listen: a.http,
         connect_timeout: Duration::from_secs(a.connect_timeout_s),
         role: a.role.clone(),
+        reconnect_timeout: Duration::from_secs(a.reconnect_timeout_s),
     };
     match a.device.as_str() {
         "cpu" => node::run::<elf_model::backend::CpuTrain>(opts, Default::default()),

@@ -327,8 +327,9 @@ impl Inner {
         self.metrics.eval_last_step.set(job.step as i64);
         self.metrics.eval_seconds.set(r.seconds);
         tracing::info!(step = job.step, seconds = r.seconds, "checkpoint evaluated");
-        self.emit("eval", doc.clone());
-        *self.last_eval.lock().expect("eval lock") = doc;
+        // Observable everywhere before the event announces it.
+        *self.last_eval.lock().expect("eval lock") = doc.clone();
+        self.emit("eval", doc);
     }
 
     fn write_manifest(&self, save: &CompletedSave) -> anyhow::Result<Vec<u64>> {
@@ -362,6 +363,7 @@ impl Inner {
                             "lr": save.commit.lr, "param_digest": c.param_digest}),
             eval: serde_json::Value::Null,
         };
+        elf_shared::failpoint::delay("manifest");
         checkpoints::commit(&self.checkpoint_root, &m)?;
         Ok(checkpoints::retain(&self.checkpoint_root, self.keep_last)?)
     }
@@ -573,7 +575,8 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
     if opts.events {
         events::emit(
             "ready",
-            json!({"role": "coordinator", "addr": grpc_addr.to_string(), "http": http_addr.to_string(), "run_id": inner.run_id}),
+            json!({"role": "coordinator", "addr": grpc_addr.to_string(), "http": http_addr.to_string(), "run_id": inner.run_id,
+                   "resumed_from": inner.resume_from, "start_step": inner.state.lock().expect("state lock").step()}),
         );
     }
     let h = inner.clone();
@@ -614,7 +617,16 @@ pub async fn start(rc: ResolvedConfig, opts: Options) -> anyhow::Result<Running>
     let done = tokio::spawn(async move {
         let outcome = drive(&d, events_on).await;
         let _ = stop_tx.send(());
-        let _ = server.await;
+        // A graceful shutdown waits for every client connection to close; a frozen worker's
+        // never does, so the wait is bounded.
+        let abort = server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a client kept its connection open; closing the server anyway");
+            abort.abort();
+        }
         outcome
     });
     Ok(Running {

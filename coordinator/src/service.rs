@@ -64,13 +64,12 @@ impl Coordinator for Service {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let known = self
-            .inner
-            .state
-            .lock()
-            .expect("state lock")
-            .heartbeat(Instant::now(), &r.worker_id);
-        Ok(Response::new(HeartbeatResponse { known }))
+        let mut st = self.inner.state.lock().expect("state lock");
+        let known = st.heartbeat(Instant::now(), &r.worker_id);
+        Ok(Response::new(HeartbeatResponse {
+            known,
+            quorum_id: st.quorum_id(),
+        }))
     }
 
     async fn next_step(

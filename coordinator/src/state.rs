@@ -165,6 +165,12 @@ pub struct ClusterState {
     eval_queue: VecDeque<EvalJob>,
     /// Eval jobs by the worker running them.
     eval_running: BTreeMap<String, EvalJob>,
+    /// Since when the current quorum's collective is known broken (a rank reported a failed
+    /// all-reduce); the quorum is re-formed when the culprit is evicted, or after a heartbeat
+    /// timeout with everyone still alive (a transient fault).
+    broken_since: Option<Instant>,
+    /// Saves dropped because a rank was lost before its shard was in (late shards ignored).
+    abandoned: std::collections::BTreeSet<u64>,
 }
 
 /// Why a request was refused.
@@ -194,6 +200,8 @@ impl ClusterState {
             handed: false,
             eval_queue: VecDeque::new(),
             eval_running: BTreeMap::new(),
+            broken_since: None,
+            abandoned: Default::default(),
         }
     }
 
@@ -286,6 +294,11 @@ impl ClusterState {
         self.phase = Phase::Running;
     }
 
+    /// The current quorum's id (0 before the first).
+    pub fn quorum_id(&self) -> u64 {
+        self.quorum.as_ref().map_or(0, |q| q.id)
+    }
+
     /// Records a heartbeat; returns false for an unknown worker (it must register again).
     pub fn heartbeat(&mut self, now: Instant, id: &str) -> bool {
         match self.members.get_mut(id) {
@@ -307,6 +320,7 @@ impl ClusterState {
             .map(|(id, _)| id.clone())
             .collect();
         let mut reasons = vec![];
+        let mut lost = false;
         for id in dead {
             self.members.remove(&id);
             if let Some(job) = self.eval_running.remove(&id) {
@@ -319,11 +333,78 @@ impl ClusterState {
             if self.quorum.as_ref().is_some_and(|q| q.ranks.contains(&id))
                 && self.phase == Phase::Running
             {
-                self.phase = Phase::Failed(format!("{why} at step {}", self.step));
+                lost = true;
             }
             reasons.push(why);
         }
+        let transient = self
+            .broken_since
+            .is_some_and(|t| now.duration_since(t) > timeout);
+        if (lost || transient) && self.phase == Phase::Running {
+            match self.reform() {
+                Ok(q) => reasons.push(format!(
+                    "quorum {} formed with {} workers ({}); step {} is redone",
+                    q.id,
+                    q.ranks.len(),
+                    q.ranks.join(", "),
+                    self.step
+                )),
+                Err(why) => {
+                    let evicted = reasons.last().cloned().unwrap_or_default();
+                    self.phase = Phase::Failed(format!("{evicted}; {why} at step {}", self.step));
+                }
+            }
+        }
         reasons
+    }
+
+    /// The largest world size not above `n` that splits the global batch into whole branch
+    /// shards per rank.
+    pub fn valid_world(&self, n: usize) -> Option<usize> {
+        let g = self.facts.plan.batch();
+        (1..=n).rev().find(|&w| {
+            let w = w as u64;
+            g.is_multiple_of(w) && (g / w).is_multiple_of(self.facts.shard)
+        })
+    }
+
+    /// Forms a new quorum from the live training workers (ranked by id), dropping the in-flight
+    /// step's reports: the step is redone, its rows re-sliced for the new world size.
+    fn reform(&mut self) -> Result<Quorum, String> {
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.role != "eval")
+            .map(|(id, _)| id.clone())
+            .collect();
+        let w = self
+            .valid_world(live.len())
+            .ok_or_else(|| "no training worker is left".to_string())?;
+        let q = Quorum {
+            id: self.next_quorum_id,
+            ranks: live.into_iter().take(w).collect(),
+        };
+        self.next_quorum_id += 1;
+        self.quorum = Some(q.clone());
+        self.reports.clear();
+        self.handed = false;
+        self.broken_since = None;
+        // A save still missing shards may be missing a lost rank's: it can never complete.
+        let incomplete: Vec<u64> = self
+            .saves
+            .iter()
+            .filter(|(_, p)| p.world == 0 || p.shards.len() < p.world as usize)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in incomplete {
+            tracing::warn!(
+                step = s,
+                "checkpoint abandoned: the quorum changed before its shards were in"
+            );
+            self.saves.remove(&s);
+            self.abandoned.insert(s);
+        }
+        Ok(q)
     }
 
     fn wait(reason: String) -> StepDirective {
@@ -369,14 +450,48 @@ impl ClusterState {
             }
             Phase::Running => {}
         }
-        let q = self.quorum.as_ref().expect("running has a quorum");
+        let q = self.quorum.clone().expect("running has a quorum");
+        if self.broken_since.is_some() {
+            return Self::wait(format!(
+                "quorum {} lost a peer at step {}; re-forming",
+                q.id, self.step
+            ));
+        }
         let Some(rank) = q.ranks.iter().position(|r| r == id) else {
+            if self.members.contains_key(id) {
+                return Self::wait(format!(
+                    "standby: quorum {} has {} workers",
+                    q.id,
+                    q.ranks.len()
+                ));
+            }
             return StepDirective {
                 kind: Kind::Stop as i32,
                 reason: format!("worker {id} is not in the quorum"),
                 ..Default::default()
             };
         };
+        // Having finished the step in flight is normal (its report waits for the others'); having
+        // finished it without a report here means the report was discarded with its quorum.
+        if let Some(a) = after
+            && (a > self.step || (a == self.step && !self.reports.contains_key(&(rank as u32))))
+        {
+            // It applied a step that was then discarded (its all-reduce completed just before a
+            // peer's failure broke the others'): its state is ahead of the run's. It leaves, and
+            // the others go on without it.
+            let why = format!(
+                "worker {id} applied step {a}, which was redone after the quorum changed; it must restart from a checkpoint"
+            );
+            self.members.remove(id);
+            if let Err(e) = self.reform() {
+                self.phase = Phase::Failed(format!("{why}; {e} at step {}", self.step));
+            }
+            return StepDirective {
+                kind: Kind::Stop as i32,
+                reason: why,
+                ..Default::default()
+            };
+        }
         let ready = match after {
             None => true,
             Some(a) => a + 1 == self.step,
@@ -442,6 +557,12 @@ impl ClusterState {
                 r.worker_id, r.step, r.quorum_id, r.rank, self.step, q.id
             )));
         }
+        if r.collective_failed {
+            // Survivors of a lost peer: the step is redone once the quorum is re-formed.
+            self.broken_since.get_or_insert(now);
+            self.reports.clear();
+            return Ok(None);
+        }
         if !r.error.is_empty() {
             self.phase = Phase::Failed(format!(
                 "worker {} failed step {}: {}",
@@ -489,6 +610,9 @@ impl ClusterState {
     /// Records a shard report; returns the reason when the worker's save failed (the save is
     /// dropped and training continues).
     pub fn report_shard(&mut self, r: ShardReport) -> Option<String> {
+        if self.abandoned.contains(&r.step) {
+            return None;
+        }
         if !r.error.is_empty() {
             self.saves.remove(&r.step);
             return Some(format!(
@@ -797,25 +921,88 @@ mod tests {
     }
 
     #[test]
-    fn silence_evicts_and_fails_the_run_naming_the_worker() {
+    fn a_silent_worker_is_evicted_and_the_survivors_redo_the_step_re_sliced() {
         let t0 = Instant::now();
         let mut s = ClusterState::new(facts(2, 5), 0);
         s.register(t0, &member("a")).unwrap();
         s.register(t0, &member("b")).unwrap();
+        // Step 0 handed to both; b vanishes; a's all-reduce fails.
+        let (da, _db) = (s.directive("a", None), s.directive("b", None));
+        let mut r = report(&da, "a", "x");
+        r.error = "rank 1 (127.0.0.1:1): closed".into();
+        r.collective_failed = true;
+        assert_eq!(s.report(t0, r).unwrap(), None);
+        assert_eq!(
+            s.phase(),
+            &Phase::Running,
+            "a lost peer does not fail the run"
+        );
+        assert!(s.directive("a", None).reason.contains("re-forming"));
         let t1 = t0 + Duration::from_secs(3);
         assert!(s.heartbeat(t1, "a"));
         assert!(s.tick(t1).is_empty());
         let t2 = t0 + Duration::from_secs(6);
-        let why = s.tick(t2);
         assert_eq!(
-            why,
-            vec!["worker b missed heartbeats for more than 5000 ms"]
-        );
-        assert_eq!(
-            s.phase(),
-            &Phase::Failed("worker b missed heartbeats for more than 5000 ms at step 0".into())
+            s.tick(t2),
+            [
+                "worker b missed heartbeats for more than 5000 ms",
+                "quorum 2 formed with 1 workers (a); step 0 is redone"
+            ]
         );
         assert!(!s.heartbeat(t2, "b"));
+        // a redoes step 0 alone, with the whole global batch.
+        let d = s.directive("a", None);
+        assert_eq!(
+            (d.kind, d.step, d.quorum_id, d.world_size),
+            (Kind::Train as i32, 0, 2, 1)
+        );
+        assert_eq!(d.rows, s.facts().plan.global_batch(0));
+        // b's late report of the old quorum is refused.
+        let late = StepReport {
+            worker_id: "b".into(),
+            quorum_id: 1,
+            rank: 1,
+            ..Default::default()
+        };
+        assert!(s.report(t2, late).is_err());
+        assert_eq!(s.report(t2, report(&d, "a", "y")).unwrap().unwrap().step, 0);
+    }
+
+    #[test]
+    fn survivors_that_cannot_all_reduce_with_everyone_alive_re_form_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(facts(2, 5), 0);
+        s.register(t0, &member("a")).unwrap();
+        s.register(t0, &member("b")).unwrap();
+        let da = s.directive("a", None);
+        let mut r = report(&da, "a", "x");
+        r.collective_failed = true;
+        s.report(t0, r).unwrap();
+        for t in [3, 6] {
+            let now = t0 + Duration::from_secs(t);
+            s.heartbeat(now, "a");
+            s.heartbeat(now, "b");
+            s.tick(now);
+        }
+        assert_eq!(s.quorum().unwrap().id, 2);
+        assert_eq!(s.quorum().unwrap().ranks, ["a", "b"]);
+        assert_eq!(s.directive("b", None).kind, Kind::Train as i32);
+    }
+
+    #[test]
+    fn losing_every_training_worker_fails_the_run_naming_them() {
+        let t0 = Instant::now();
+        let mut s = ClusterState::new(facts(1, 5), 0);
+        s.register(t0, &member("a")).unwrap();
+        let why = s.tick(t0 + Duration::from_secs(6));
+        assert_eq!(why, ["worker a missed heartbeats for more than 5000 ms"]);
+        assert_eq!(
+            s.phase(),
+            &Phase::Failed(
+                "worker a missed heartbeats for more than 5000 ms; no training worker is left at step 0"
+                    .into()
+            )
+        );
     }
 
     #[test]
@@ -1027,5 +1214,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.directive("a", Some(2)).kind, Kind::Done as i32);
         assert_eq!(s.directive("b", Some(2)).kind, Kind::Done as i32);
+    }
+    #[test]
+    fn a_worker_that_applied_a_discarded_step_leaves_and_the_others_go_on() {
+        let now = Instant::now();
+        let mut s = ClusterState::new(facts(2, 5), 0);
+        s.register(now, &member("a")).unwrap();
+        s.register(now, &member("b")).unwrap();
+        let (da, db) = (s.directive("a", None), s.directive("b", None));
+        // a finished step 0 and waits for b: normal.
+        s.report(now, report(&da, "a", "x")).unwrap();
+        assert_eq!(s.directive("a", Some(0)).reason, "step 0 in flight");
+        // b's all-reduce failed: step 0 will be redone, but a already applied it.
+        let mut r = report(&db, "b", "x");
+        r.collective_failed = true;
+        s.report(now, r).unwrap();
+        let later = now + Duration::from_secs(6);
+        s.heartbeat(later, "a");
+        s.heartbeat(later, "b");
+        s.tick(later);
+        let d = s.directive("a", Some(0));
+        assert_eq!(d.kind, Kind::Stop as i32);
+        assert!(d.reason.contains("applied step 0"), "{}", d.reason);
+        assert_eq!(s.quorum().unwrap().ranks, ["b"]);
+        let d = s.directive("b", None);
+        assert_eq!((d.kind, d.step, d.world_size), (Kind::Train as i32, 0, 1));
     }
 }

@@ -376,11 +376,16 @@ impl Location {
                 if let Some(dir) = p.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| DataError::io(&name, e))?;
                 }
+                // A writer-unique temporary name: two writers of one object (a retry beside a
+                // late upload) never interleave in one file; the last rename wins whole.
+                static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let tmp = p.with_file_name(format!(
-                    ".{}.partial",
+                    ".{}.{}-{}.partial",
                     p.file_name()
                         .map(|s| s.to_string_lossy())
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    std::process::id(),
+                    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 ));
                 // Durable before visible: the data reaches the disk before the rename
                 // publishes it, so a crash never leaves a complete-looking partial file.

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod events;
+pub mod failpoint;
 pub mod http;
 pub mod manifest;
 pub mod plan;

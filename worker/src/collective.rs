@@ -85,6 +85,21 @@ pub struct Ring {
     send_error: Arc<Mutex<Option<String>>>,
     bucket: usize,
     scratch: Vec<f32>,
+    aborter: Aborter,
+}
+
+/// Aborts a ring from another thread: shuts its sockets down, so a rank blocked on a frozen
+/// peer returns an error at once instead of at the collective timeout.
+#[derive(Debug, Clone)]
+pub struct Aborter(Arc<Vec<TcpStream>>);
+
+impl Aborter {
+    /// Shuts both of the ring's connections down (idempotent).
+    pub fn abort(&self) {
+        for s in self.0.iter() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 fn peer(rank: usize, addr: &str) -> String {
@@ -170,6 +185,12 @@ impl Ring {
             s.set_write_timeout(Some(timeout))
                 .map_err(|e| CollectiveError(e.to_string()))?;
         }
+        let clones = [&out, &inbound]
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CollectiveError(e.to_string()))?;
+        let aborter = Aborter(Arc::new(clones));
         let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(4);
         let send_error = Arc::new(Mutex::new(None));
         let err = send_error.clone();
@@ -197,6 +218,7 @@ impl Ring {
             send_error,
             bucket: (bucket_bytes / 4).max(world),
             scratch: vec![],
+            aborter,
         })
     }
 
@@ -304,6 +326,13 @@ impl Collective for Ring {
             *x = all.iter().map(|a| a[i]).sum();
         }
         Ok(())
+    }
+}
+
+impl Ring {
+    /// A handle that aborts this ring from another thread.
+    pub fn aborter(&self) -> Aborter {
+        self.aborter.clone()
     }
 }
 

@@ -53,6 +53,8 @@ pub struct NodeOptions {
     pub connect_timeout: Duration,
     /// `train`, or `eval` for a dedicated eval worker (runs the coordinator's eval jobs only).
     pub role: String,
+    /// How long to keep trying to reach a coordinator that went away mid-run.
+    pub reconnect_timeout: Duration,
 }
 
 struct WorkerMetrics {
@@ -112,16 +114,59 @@ impl WorkerMetrics {
     }
 }
 
+/// The coordinator went away mid-session (its connection broke): the worker reconnects,
+/// registers again and continues from the checkpoint the (restarted) coordinator names.
+#[derive(Debug, thiserror::Error)]
+#[error("coordinator {url}: {message}")]
+pub struct CoordinatorLost {
+    url: String,
+    message: String,
+}
+
 fn rpc_error(url: &str, e: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    // Our coordinator answers its own refusals with FAILED_PRECONDITION and the like; these
+    // codes come from the transport (connection refused, reset, closed mid-call).
+    if matches!(
+        e.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    ) {
+        return CoordinatorLost {
+            url: url.to_string(),
+            message: e.message().to_string(),
+        }
+        .into();
+    }
     anyhow::anyhow!("coordinator {url}: {}", e.message())
 }
 
-/// Runs a worker until the coordinator says the run is done.
+/// Runs a worker until the coordinator says the run is done. When the coordinator is lost
+/// mid-run the worker reconnects with backoff (for `reconnect_timeout`), registers again and
+/// loads the checkpoint the restarted coordinator resumes from; no state is trusted across
+/// coordinators but the committed checkpoint.
 ///
 /// # Errors
 /// An unreachable coordinator, a refused registration, a config that does not hash to what the
-/// coordinator sent, a failed collective or a STOP from the coordinator.
+/// coordinator sent, a failed step or a STOP from the coordinator.
 pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::Result<()> {
+    let mut timeout = opts.connect_timeout;
+    loop {
+        match session::<B>(&opts, device.clone(), timeout) {
+            Err(e) if e.downcast_ref::<CoordinatorLost>().is_some() => {
+                tracing::warn!(error = %e, "lost the coordinator; reconnecting");
+                timeout = opts.reconnect_timeout;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn session<B: AutodiffBackend>(
+    opts: &NodeOptions,
+    device: B::Device,
+    connect_timeout: Duration,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -130,7 +175,7 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         .with_context(|| format!("--collective {}: cannot bind", opts.collective_listen))?;
     let collective_addr = listener.local_addr()?.to_string();
     let url = opts.coordinator.clone();
-    let mut client = rt.block_on(connect(&url, opts.connect_timeout))?;
+    let mut client = rt.block_on(connect(&url, connect_timeout))?;
     let reg = rt
         .block_on(client.register(RegisterRequest {
             worker_id: opts.worker_id.clone(),
@@ -182,7 +227,11 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
     );
     tracing::info!(worker_id = %opts.worker_id, config_hash = %reg.config_hash, "registered");
 
-    // Heartbeats run beside the (blocking) training loop.
+    // Heartbeats run beside the (blocking) training loop. When the coordinator has re-formed
+    // the quorum (a peer was lost), the heartbeat aborts this worker's ring of the old one.
+    let live_ring: Arc<std::sync::Mutex<Option<(u64, crate::collective::Aborter)>>> =
+        Arc::default();
+    let watched = live_ring.clone();
     let mut hb = client.clone();
     let (id, period) = (
         opts.worker_id.clone(),
@@ -201,14 +250,23 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
                 Ok(r) if !r.get_ref().known => {
                     tracing::warn!("the coordinator no longer knows this worker")
                 }
-                Ok(_) => {}
+                Ok(r) => {
+                    let q = r.get_ref().quorum_id;
+                    let w = watched.lock().expect("ring lock");
+                    if let Some((mine, aborter)) = w.as_ref()
+                        && q > *mine
+                    {
+                        tracing::warn!(old = *mine, new = q, "quorum re-formed; aborting the ring");
+                        aborter.abort();
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
             }
         }
     });
 
     if opts.role == "eval" {
-        return eval_loop::<B>(&rt, client, &opts, &PathBuf::from(&reg.run_dir), &device);
+        return eval_loop::<B>(&rt, client, opts, &PathBuf::from(&reg.run_dir), &device);
     }
     let ds = DataSetup::open(&rc)?;
     let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
@@ -279,18 +337,40 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
             Kind::Train => {}
         }
         let t0 = Instant::now();
+        let mut report = StepReport {
+            worker_id: opts.worker_id.clone(),
+            step: d.step,
+            quorum_id: d.quorum_id,
+            rank: d.rank,
+            ..Default::default()
+        };
         if ring.as_ref().is_none_or(|(q, _)| *q != d.quorum_id) {
+            ring = None;
             let coll: Box<dyn Collective> = if d.world_size == 1 {
                 Box::new(Single)
             } else {
-                Box::new(Ring::connect(
+                match Ring::connect(
                     &listener,
                     &d.peers,
                     d.rank as usize,
                     d.quorum_id,
                     timeout,
                     bucket,
-                )?)
+                ) {
+                    Ok(r) => {
+                        *live_ring.lock().expect("ring lock") = Some((d.quorum_id, r.aborter()));
+                        Box::new(r)
+                    }
+                    Err(e) => {
+                        // A peer of this quorum is gone: the coordinator re-forms the quorum.
+                        tracing::warn!(step = d.step, error = %e.0, "cannot form the ring; waiting for a new quorum");
+                        report.error = e.0;
+                        report.collective_failed = true;
+                        rt.block_on(client.report_step(report))
+                            .map_err(|e| rpc_error(&url, e))?;
+                        continue;
+                    }
+                }
             };
             ring = Some((d.quorum_id, coll));
         }
@@ -313,13 +393,6 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         )?;
         let (mut grads, parts) = tr.gradients(&mbs);
         let compute = t0.elapsed().as_secs_f64();
-        let mut report = StepReport {
-            worker_id: opts.worker_id.clone(),
-            step: d.step,
-            quorum_id: d.quorum_id,
-            rank: d.rank,
-            ..Default::default()
-        };
         let reduced = coll.all_reduce_sum(&mut grads).and_then(|t| {
             let mut v = [parts.loss, parts.ce, parts.l2];
             coll.all_reduce_sum_f64(&mut v)?;
@@ -328,9 +401,15 @@ pub fn run<B: AutodiffBackend>(opts: NodeOptions, device: B::Device) -> anyhow::
         let (traffic, [loss, ce, l2]) = match reduced {
             Ok(x) => x,
             Err(e) => {
+                // Nothing was applied: the state is the one before this step. Drop the ring,
+                // report, and redo the step in whatever quorum the coordinator forms next.
+                tracing::warn!(step = d.step, error = %e.0, "all-reduce failed; waiting for a new quorum");
+                ring = None;
                 report.error = e.0.clone();
-                let _ = rt.block_on(client.report_step(report));
-                bail!("step {}: {}", d.step, e.0);
+                report.collective_failed = true;
+                rt.block_on(client.report_step(report))
+                    .map_err(|e| rpc_error(&url, e))?;
+                continue;
             }
         };
         let applied = tr.apply(grads, d.lr);
@@ -442,6 +521,7 @@ impl SaveJob {
             optimizer_count: self.optimizer_count,
             ..Default::default()
         };
+        elf_shared::failpoint::delay("upload");
         let result = Location::parse(&self.dir)
             .map_err(|e| e.to_string())
             .and_then(|dir| {
