@@ -1062,3 +1062,47 @@ fn a_rank_killed_mid_upload_never_commits_that_checkpoint() {
     );
     assert_same_run(tmp.path(), reference.path(), "rank killed mid-upload");
 }
+
+/// A worker started while 2 train joins at a step boundary: rank 0 copies its state to it
+/// directly, the quorum grows to 3, and the run ends as an uninterrupted one.
+#[test]
+fn a_worker_joining_mid_run_gets_a_peers_state_and_enters_the_quorum() {
+    let _serial = serial();
+    let steps = 24;
+    let reference = tempfile::tempdir().unwrap();
+    Run::start(reference.path(), 1, steps, &FT).finish();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = Run::start(tmp.path(), 2, steps, &FT);
+    let url = format!(
+        "http://{}",
+        run.coordinator.wait_event("ready", T)["addr"]
+            .as_str()
+            .unwrap()
+    );
+    loop {
+        if run.coordinator.wait_next("step", T)["step"]
+            .as_u64()
+            .unwrap()
+            >= 6
+        {
+            break;
+        }
+    }
+    run.workers.push(Proc::spawn(
+        "worker-2",
+        elf(),
+        &["worker", "--coordinator", &url, "--worker-id", "w2"],
+        &[("RAYON_NUM_THREADS", "1")],
+    ));
+    let joined = run.coordinator.wait_next("joined", T);
+    assert_eq!(
+        (joined["worker_id"].as_str(), joined["world_size"].as_u64()),
+        (Some("w2"), Some(3))
+    );
+    run.finish();
+    let train = lines(&tmp.path().join("metrics/train.jsonl"));
+    assert_eq!(train.len() as u64, steps);
+    assert_eq!(train[0]["world_size"], 2);
+    assert_eq!(train[steps as usize - 1]["world_size"], 3);
+    assert_same_run(tmp.path(), reference.path(), "a worker joined");
+}

@@ -9,7 +9,7 @@ use elf_shared::proto::step_directive::Kind;
 use elf_shared::proto::{
     EvalReport, HeartbeatRequest, HeartbeatResponse, NextStepRequest, RegisterRequest,
     RegisterResponse, ReportAck, ShardReport, StatusRequest, StatusResponse, StepDirective,
-    StepReport,
+    StepReport, TransferReport,
 };
 use tonic::{Request, Response, Status};
 
@@ -175,6 +175,41 @@ impl Coordinator for Service {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
                 let _ = self.inner.state.lock().expect("state lock").report_eval(&r);
+                ReportAck {
+                    accepted: true,
+                    reason: String::new(),
+                }
+            }
+            Err(e) => ReportAck {
+                accepted: false,
+                reason: e.0,
+            },
+        };
+        self.inner.notify.notify_waiters();
+        Ok(Response::new(ack))
+    }
+
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, step = req.get_ref().step))]
+    async fn report_transfer(
+        &self,
+        req: Request<TransferReport>,
+    ) -> Result<Response<ReportAck>, Status> {
+        let r = req.into_inner();
+        let res = self
+            .inner
+            .state
+            .lock()
+            .expect("state lock")
+            .report_transfer(&r);
+        let ack = match res {
+            Ok(q) => {
+                if !r.error.is_empty() {
+                    tracing::warn!(error = %r.error, "state copy to a joining worker failed; it is dropped");
+                }
+                if let Some(q) = q {
+                    tracing::info!(quorum = q.id, world_size = q.ranks.len(), members = ?q.ranks, "worker joined");
+                    self.inner.emit("joined", serde_json::json!({"worker_id": r.worker_id, "step": r.step, "world_size": q.ranks.len()}));
+                }
                 ReportAck {
                     accepted: true,
                     reason: String::new(),

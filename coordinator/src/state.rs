@@ -15,7 +15,7 @@ use elf_shared::manifest::step_dir;
 use elf_shared::plan::Plan;
 use elf_shared::proto::{
     EvalReport, PROTOCOL_VERSION, RegisterRequest, ShardReport, StepDirective, StepReport,
-    step_directive::Kind,
+    TransferReport, step_directive::Kind,
 };
 use elf_shared::schedule::Schedule;
 
@@ -32,6 +32,22 @@ pub struct Member {
     pub last_seen: Instant,
     /// Last step it finished.
     pub step: Option<u64>,
+    /// Holds the run's current state: it was there when training started (or resumed), or a
+    /// live peer's state was copied to it. Only synced workers enter a quorum.
+    pub synced: bool,
+}
+
+/// A state copy from a quorum member (the donor) to a worker joining a running run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transfer {
+    /// The joining worker.
+    pub joiner: String,
+    /// The member sending its state.
+    pub donor: String,
+    /// The step boundary: the state after step `step - 1`.
+    pub step: u64,
+    /// The donor reported its side done.
+    pub sent: bool,
 }
 
 /// The workers training together, in rank order.
@@ -171,6 +187,8 @@ pub struct ClusterState {
     broken_since: Option<Instant>,
     /// Saves dropped because a rank was lost before its shard was in (late shards ignored).
     abandoned: std::collections::BTreeSet<u64>,
+    /// The state copy in progress to a joining worker.
+    transfer: Option<Transfer>,
 }
 
 /// Why a request was refused.
@@ -202,6 +220,7 @@ impl ClusterState {
             eval_running: BTreeMap::new(),
             broken_since: None,
             abandoned: Default::default(),
+            transfer: None,
         }
     }
 
@@ -251,13 +270,9 @@ impl ClusterState {
             .quorum
             .as_ref()
             .is_some_and(|q| q.ranks.contains(&r.worker_id));
-        if self.phase == Phase::Running && !in_quorum && r.role != "eval" {
-            return Err(Refused(format!(
-                "worker {} joined a running quorum of {}; elastic joins are not supported yet",
-                r.worker_id,
-                self.quorum.as_ref().map_or(0, |q| q.ranks.len())
-            )));
-        }
+        // A training worker arriving while the run is running waits as a standby until a live
+        // peer's state is copied to it (at a step boundary); then it enters the quorum.
+        let synced = self.phase == Phase::Forming || in_quorum;
         self.members.insert(
             r.worker_id.clone(),
             Member {
@@ -266,6 +281,7 @@ impl ClusterState {
                 role: r.role.clone(),
                 last_seen: now,
                 step: None,
+                synced,
             },
         );
         self.maybe_form();
@@ -337,6 +353,13 @@ impl ClusterState {
             }
             reasons.push(why);
         }
+        if let Some(t) = &self.transfer
+            && (!self.members.contains_key(&t.joiner) || !self.members.contains_key(&t.donor))
+        {
+            let joiner = t.joiner.clone();
+            self.transfer = None;
+            self.members.remove(&joiner);
+        }
         let transient = self
             .broken_since
             .is_some_and(|t| now.duration_since(t) > timeout);
@@ -374,7 +397,7 @@ impl ClusterState {
         let live: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, m)| m.role != "eval")
+            .filter(|(_, m)| m.role != "eval" && m.synced)
             .map(|(id, _)| id.clone())
             .collect();
         let w = self
@@ -457,6 +480,9 @@ impl ClusterState {
                 q.id, self.step
             ));
         }
+        if let Some(d) = self.join_directive(id, after) {
+            return d;
+        }
         let Some(rank) = q.ranks.iter().position(|r| r == id) else {
             if self.members.contains_key(id) {
                 return Self::wait(format!(
@@ -533,6 +559,90 @@ impl ClusterState {
                 step_dir(self.step)
             ),
         }
+    }
+
+    /// Copies state to a standby worker when it would grow the quorum: at a step boundary no
+    /// rank has been handed yet, rank 0 sends, the joiner receives, everyone else waits.
+    fn join_directive(&mut self, id: &str, after: Option<u64>) -> Option<StepDirective> {
+        if self.transfer.is_none() {
+            let q = self.quorum.as_ref()?;
+            let boundary = !self.handed
+                && self.phase == Phase::Running
+                && self.eval_running.is_empty()
+                && after.is_none_or(|a| a + 1 == self.step || !q.ranks.iter().any(|r| r == id));
+            if !boundary {
+                return None;
+            }
+            let joiner = self
+                .members
+                .iter()
+                .find(|(_, m)| m.role != "eval" && !m.synced)
+                .map(|(j, _)| j.clone())?;
+            let synced = self
+                .members
+                .values()
+                .filter(|m| m.role != "eval" && m.synced)
+                .count();
+            if self.valid_world(synced + 1).unwrap_or(0) <= q.ranks.len() {
+                return None;
+            }
+            self.transfer = Some(Transfer {
+                joiner,
+                donor: q.ranks[0].clone(),
+                step: self.step,
+                sent: false,
+            });
+        }
+        let t = self.transfer.clone().expect("set above");
+        let addr = |w: &str| {
+            self.members
+                .get(w)
+                .map_or_else(String::new, |m| m.addr.clone())
+        };
+        let transfer = |kind: Kind, peer: String| StepDirective {
+            kind: kind as i32,
+            step: t.step,
+            peers: vec![peer],
+            total_steps: self.facts.total_steps,
+            ..Default::default()
+        };
+        Some(if id == t.joiner {
+            transfer(Kind::ReceiveState, addr(&t.donor))
+        } else if id == t.donor && !t.sent {
+            transfer(Kind::SendState, addr(&t.joiner))
+        } else {
+            Self::wait(format!("worker {} is joining at step {}", t.joiner, t.step))
+        })
+    }
+
+    /// Takes one side's report of a state copy. The joiner's success enters it into a new
+    /// quorum; a failure on either side drops the joiner.
+    ///
+    /// # Errors
+    /// A report about no copy in progress.
+    pub fn report_transfer(&mut self, r: &TransferReport) -> Result<Option<Quorum>, Refused> {
+        let Some(t) = self.transfer.as_mut().filter(|t| t.step == r.step) else {
+            return Err(Refused(format!(
+                "worker {} reported a state copy of step {} that is not in progress",
+                r.worker_id, r.step
+            )));
+        };
+        if !r.error.is_empty() {
+            let joiner = t.joiner.clone();
+            self.transfer = None;
+            self.members.remove(&joiner);
+            return Ok(None);
+        }
+        if r.sender {
+            t.sent = true;
+            return Ok(None);
+        }
+        let joiner = t.joiner.clone();
+        self.transfer = None;
+        if let Some(m) = self.members.get_mut(&joiner) {
+            m.synced = true;
+        }
+        self.reform().map(Some).map_err(Refused)
     }
 
     /// Takes a step report; returns the commit when it completed the step.
@@ -1068,8 +1178,27 @@ mod tests {
             "worker x speaks protocol 0, the coordinator speaks 1"
         );
         s.register(now, &member("a")).unwrap();
-        let e = s.register(now, &member("late")).unwrap_err().0;
-        assert!(e.contains("elastic joins are not supported yet"), "{e}");
+        // A late worker is admitted as a standby until a peer's state is copied to it.
+        s.register(now, &member("late")).unwrap();
+        assert!(!s.members()["late"].synced);
+        let d = s.directive("a", None);
+        assert_eq!(d.kind, Kind::SendState as i32, "{d:?}");
+        s.report_transfer(&TransferReport {
+            worker_id: "a".into(),
+            sender: true,
+            ..Default::default()
+        })
+        .unwrap();
+        s.report_transfer(&TransferReport {
+            worker_id: "late".into(),
+            error: "no donor connected within 3000 ms".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !s.members().contains_key("late"),
+            "a failed join drops the joiner"
+        );
         let d = s.directive("a", None);
         let mut r = report(&d, "a", "x");
         r.step = 7;

@@ -17,3 +17,4 @@ pub mod generate;
 pub mod node;
 pub mod setup;
 pub mod trainer;
+pub mod transfer;

@@ -20,7 +20,7 @@ use elf_shared::proto::coordinator_client::CoordinatorClient;
 use elf_shared::proto::step_directive::Kind;
 use elf_shared::proto::{
     EvalReport, HeartbeatRequest, NextStepRequest, PROTOCOL_VERSION, RegisterRequest,
-    StepDirective, StepReport,
+    StepDirective, StepReport, TransferReport,
 };
 use prometheus::{Gauge, IntCounter, IntGauge, Registry};
 use serde_json::json;
@@ -334,6 +334,48 @@ fn session<B: AutodiffBackend>(
                 eval_and_report::<B>(&rt, &mut client, &opts.worker_id, &d, &run_dir, &device);
                 continue;
             }
+            Kind::SendState | Kind::ReceiveState => {
+                let sender = d.kind == Kind::SendState as i32;
+                let peer = d.peers.first().cloned().unwrap_or_default();
+                let result = if sender {
+                    let (tensors, data) = tr.snapshot();
+                    crate::transfer::send(
+                        &peer,
+                        d.step,
+                        &tensors,
+                        &data,
+                        tr.optimizer.count,
+                        timeout,
+                    )
+                } else {
+                    crate::transfer::receive(&listener, d.step, timeout).and_then(|st| {
+                        tr.restore(&st.tensors, &st.data, st.optimizer_count)
+                            .map_err(|e| e.to_string())
+                    })
+                };
+                let mut report = TransferReport {
+                    worker_id: opts.worker_id.clone(),
+                    step: d.step,
+                    sender,
+                    ..Default::default()
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(step = d.step, sender, %peer, "state copied");
+                        if !sender {
+                            after = d.step.checked_sub(1);
+                            ring = None;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(step = d.step, sender, %peer, error = %e, "state copy failed");
+                        report.error = e;
+                    }
+                }
+                rt.block_on(client.report_transfer(report))
+                    .map_err(|e| rpc_error(&url, e))?;
+                continue;
+            }
             Kind::Train => {}
         }
         let t0 = Instant::now();
@@ -610,7 +652,7 @@ fn eval_loop<B: AutodiffBackend>(
                 return Ok(());
             }
             Kind::Stop => bail!("stopped by the coordinator: {}", d.reason),
-            Kind::Wait | Kind::Train => {}
+            Kind::Wait | Kind::Train | Kind::SendState | Kind::ReceiveState => {}
         }
     }
 }

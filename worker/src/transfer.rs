@@ -1,0 +1,151 @@
+//! Copying the whole training state from a live worker to one joining a running run, over a
+//! direct TCP connection to the joiner's collective listener (no object store round trip).
+//!
+//! Wire: `ELFS`, step (u64 LE), optimiser step count (u64), index JSON length (u64) and the
+//! JSON (the flat state's tensor index), element count (u64), then the f32 elements (LE).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use elf_shared::manifest::TensorEntry;
+
+const MAGIC: &[u8; 4] = b"ELFS";
+
+/// A received state.
+#[derive(Debug)]
+pub struct State {
+    /// Tensor index of `data`.
+    pub tensors: Vec<TensorEntry>,
+    /// The flat state.
+    pub data: Vec<f32>,
+    /// Optimiser steps taken.
+    pub optimizer_count: u64,
+}
+
+/// Sends the state after step `step - 1` to the joiner listening at `addr`.
+///
+/// # Errors
+/// A joiner that cannot be reached or stops reading (naming it).
+pub fn send(
+    addr: &str,
+    step: u64,
+    tensors: &[TensorEntry],
+    data: &[f32],
+    optimizer_count: u64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("joiner {addr}: cannot connect: {e}")),
+        }
+    };
+    let io = |e: std::io::Error| format!("joiner {addr}: {e}");
+    s.set_write_timeout(Some(timeout)).map_err(io)?;
+    let index = serde_json::to_vec(tensors).expect("index serialises");
+    let mut head = Vec::with_capacity(36 + index.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&step.to_le_bytes());
+    head.extend_from_slice(&optimizer_count.to_le_bytes());
+    head.extend_from_slice(&(index.len() as u64).to_le_bytes());
+    head.extend_from_slice(&index);
+    head.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    s.write_all(&head).map_err(io)?;
+    s.write_all(bytemuck::cast_slice(data)).map_err(io)?;
+    s.flush().map_err(io)?;
+    // Wait for the joiner to close: everything was read.
+    let _ = s.read(&mut [0u8; 1]);
+    Ok(())
+}
+
+/// Receives the state for step `step` on `listener` (ignoring stray connections).
+///
+/// # Errors
+/// No donor within `timeout`, or a truncated or mismatched stream.
+pub fn receive(listener: &TcpListener, step: u64, timeout: Duration) -> Result<State, String> {
+    let deadline = Instant::now() + timeout;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    loop {
+        match listener.accept() {
+            Ok((mut s, peer)) => {
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                let mut magic = [0u8; 4];
+                if s.read_exact(&mut magic).is_err() || &magic != MAGIC {
+                    continue; // a stale ring dialer
+                }
+                let io = |e: std::io::Error| format!("donor {peer}: {e}");
+                let u = |s: &mut TcpStream| -> Result<u64, String> {
+                    let mut b = [0u8; 8];
+                    s.read_exact(&mut b).map_err(io)?;
+                    Ok(u64::from_le_bytes(b))
+                };
+                let got = u(&mut s)?;
+                if got != step {
+                    return Err(format!(
+                        "donor {peer} sent the state of step {got}, expected {step}"
+                    ));
+                }
+                let optimizer_count = u(&mut s)?;
+                let mut index = vec![0u8; u(&mut s)? as usize];
+                s.read_exact(&mut index).map_err(io)?;
+                let tensors: Vec<TensorEntry> = serde_json::from_slice(&index)
+                    .map_err(|e| format!("donor {peer}: bad tensor index: {e}"))?;
+                let n = u(&mut s)? as usize;
+                let mut data = vec![0f32; n];
+                s.read_exact(bytemuck::cast_slice_mut(&mut data))
+                    .map_err(io)?;
+                return Ok(State {
+                    tensors,
+                    data,
+                    optimizer_count,
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(format!(
+                    "no donor connected within {} ms",
+                    timeout.as_millis()
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_round_trips_and_a_wrong_step_is_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let tensors = vec![TensorEntry {
+            name: "params/w".into(),
+            shape: vec![2, 3],
+            offset: 0,
+        }];
+        let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
+        let (t2, d2) = (tensors.clone(), data.clone());
+        let a = addr.clone();
+        let h = std::thread::spawn(move || send(&a, 7, &t2, &d2, 3, Duration::from_secs(5)));
+        let st = receive(&l, 7, Duration::from_secs(5)).unwrap();
+        h.join().unwrap().unwrap();
+        assert_eq!(
+            (st.tensors, st.data, st.optimizer_count),
+            (tensors.clone(), data.clone(), 3)
+        );
+        let h =
+            std::thread::spawn(move || send(&addr, 8, &tensors, &data, 3, Duration::from_secs(5)));
+        let e = receive(&l, 7, Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("step 8, expected 7"), "{e}");
+        let _ = h.join();
+    }
+}
