@@ -3,45 +3,20 @@
 //! generation scored by BLEU/ROUGE on the committed de-en pairs, and the bad-input errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    elf_e2e::repo_root()
 }
 
 fn elf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elf"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("elf runs")
+    elf_e2e::run_in_repo(env!("CARGO_BIN_EXE_elf"), args)
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
-
-fn err_line(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure");
-    let e = String::from_utf8_lossy(&o.stderr);
-    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "one error line expected:\n{e}");
-    lines[0].to_string()
-}
+use elf_e2e::{err_line, ok};
 
 /// A tiny run with checkpoints at steps 9 and 19 (shared by the tests).
 fn run() -> &'static Path {

@@ -15,6 +15,20 @@ use tonic::{Request, Response, Status};
 
 use crate::Inner;
 
+/// The answer to a report: accepted, or refused with the reason.
+fn ack<T>(res: Result<T, crate::state::Refused>) -> ReportAck {
+    match res {
+        Ok(_) => ReportAck {
+            accepted: true,
+            reason: String::new(),
+        },
+        Err(e) => ReportAck {
+            accepted: false,
+            reason: e.0,
+        },
+    }
+}
+
 /// How long one `NextStep` call waits before answering WAIT.
 const LONG_POLL: Duration = Duration::from_secs(5);
 
@@ -114,27 +128,13 @@ impl Coordinator for Service {
             .lock()
             .expect("state lock")
             .report(Instant::now(), r);
-        let ack = match res {
-            Ok(Some(commit)) => {
-                tracing::debug!(step = commit.step, "step committed");
-                self.inner.on_commit(&commit);
-                self.inner.write_complete_saves();
-                ReportAck {
-                    accepted: true,
-                    reason: String::new(),
-                }
-            }
-            Ok(None) => ReportAck {
-                accepted: true,
-                reason: String::new(),
-            },
-            Err(e) => ReportAck {
-                accepted: false,
-                reason: e.0,
-            },
-        };
+        if let Ok(Some(commit)) = &res {
+            tracing::debug!(step = commit.step, "step committed");
+            self.inner.on_commit(commit);
+            self.inner.write_complete_saves();
+        }
         self.inner.notify.notify_waiters();
-        Ok(Response::new(ack))
+        Ok(Response::new(ack(res)))
     }
 
     #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, step = req.get_ref().step))]
@@ -163,30 +163,20 @@ impl Coordinator for Service {
     async fn report_eval(&self, req: Request<EvalReport>) -> Result<Response<ReportAck>, Status> {
         let r = req.into_inner();
         let res = self.inner.state.lock().expect("state lock").eval_job_of(&r);
-        let ack = match res {
-            Ok(job) => {
-                let inner = self.inner.clone();
-                // Manifest and metrics IO off the async runtime, before the job counts as
-                // done (the run does not end with results unwritten).
-                let r = tokio::task::spawn_blocking(move || {
-                    inner.record_eval(&job, &r);
-                    r
-                })
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-                let _ = self.inner.state.lock().expect("state lock").report_eval(&r);
-                ReportAck {
-                    accepted: true,
-                    reason: String::new(),
-                }
-            }
-            Err(e) => ReportAck {
-                accepted: false,
-                reason: e.0,
-            },
-        };
+        if let Ok(job) = &res {
+            let (inner, job) = (self.inner.clone(), job.clone());
+            // Manifest and metrics IO off the async runtime, before the job counts as done
+            // (the run does not end with results unwritten).
+            let r = tokio::task::spawn_blocking(move || {
+                inner.record_eval(&job, &r);
+                r
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+            let _ = self.inner.state.lock().expect("state lock").report_eval(&r);
+        }
         self.inner.notify.notify_waiters();
-        Ok(Response::new(ack))
+        Ok(Response::new(ack(res)))
     }
 
     #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id, step = req.get_ref().step))]
@@ -201,27 +191,18 @@ impl Coordinator for Service {
             .lock()
             .expect("state lock")
             .report_transfer(&r);
-        let ack = match res {
-            Ok(q) => {
-                if !r.error.is_empty() {
-                    tracing::warn!(error = %r.error, "state copy to a joining worker failed; it is dropped");
-                }
-                if let Some(q) = q {
-                    tracing::info!(quorum = q.id, world_size = q.ranks.len(), members = ?q.ranks, "worker joined");
-                    self.inner.emit("joined", serde_json::json!({"worker_id": r.worker_id, "step": r.step, "world_size": q.ranks.len()}));
-                }
-                ReportAck {
-                    accepted: true,
-                    reason: String::new(),
-                }
-            }
-            Err(e) => ReportAck {
-                accepted: false,
-                reason: e.0,
-            },
-        };
+        if res.is_ok() && !r.error.is_empty() {
+            tracing::warn!(error = %r.error, "state copy to a joining worker failed; it is dropped");
+        }
+        if let Ok(Some(q)) = &res {
+            tracing::info!(quorum = q.id, world_size = q.ranks.len(), members = ?q.ranks, "worker joined");
+            self.inner.emit(
+                "joined",
+                serde_json::json!({"worker_id": r.worker_id, "step": r.step, "world_size": q.ranks.len()}),
+            );
+        }
         self.inner.notify.notify_waiters();
-        Ok(Response::new(ack))
+        Ok(Response::new(ack(res)))
     }
 
     async fn status(

@@ -229,3 +229,48 @@ pub fn http_get(addr: &str, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "GET {addr}{path}: {head}");
     body.to_string()
 }
+
+/// The repository's root folder.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// Runs `exe args` to completion in the repository root (logs at `warn`).
+pub fn run_in_repo(exe: &str, args: &[&str]) -> std::process::Output {
+    Command::new(exe)
+        .args(args)
+        .current_dir(repo_root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the process runs")
+}
+
+/// Asserts success and returns stdout (shows both streams otherwise).
+///
+/// # Panics
+/// When the process failed.
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Asserts failure with exactly one `error:` line on stderr and returns it.
+///
+/// # Panics
+/// When the process succeeded or said more or less than one error line.
+pub fn err_line(o: &std::process::Output) -> String {
+    assert!(!o.status.success(), "expected failure");
+    let e = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected:\n{e}");
+    lines[0].to_string()
+}
