@@ -704,7 +704,7 @@ impl ClusterState {
             lr: self.facts.schedule.lr(self.step / self.facts.grad_accum),
             reports,
         };
-        if self.facts.saves_after(self.step) {
+        if self.facts.saves_after(self.step) && !self.abandoned.contains(&self.step) {
             let p = self.saves.entry(self.step).or_default();
             p.world = commit.quorum.ranks.len() as u32;
             p.commit = Some(commit.clone());
@@ -724,7 +724,10 @@ impl ClusterState {
             return None;
         }
         if !r.error.is_empty() {
+            // Abandoned for good: a failure reported before the step's commit must not let
+            // the commit open the save again (it would wait forever for this shard).
             self.saves.remove(&r.step);
+            self.abandoned.insert(r.step);
             return Some(format!(
                 "worker {} could not save step {}: {}",
                 r.worker_id, r.step, r.error
@@ -1368,5 +1371,25 @@ mod tests {
         assert_eq!(s.quorum().unwrap().ranks, ["b"]);
         let d = s.directive("b", None);
         assert_eq!((d.kind, d.step, d.world_size), (Kind::Train as i32, 0, 1));
+    }
+    #[test]
+    fn a_save_that_failed_before_its_step_committed_is_not_reopened_by_the_commit() {
+        let now = Instant::now();
+        let mut f = facts(1, 4);
+        f.save_interval = 1;
+        let mut s = ClusterState::new(f, 0);
+        s.register(now, &member("a")).unwrap();
+        let d = s.directive("a", None);
+        let failed = ShardReport {
+            worker_id: "a".into(),
+            step: 0,
+            world_size: 1,
+            error: "store timed out".into(),
+            ..Default::default()
+        };
+        assert!(s.report_shard(failed).is_some());
+        s.report(now, report(&d, "a", "x")).unwrap();
+        assert!(!s.saving(), "nothing can complete the save of step 0");
+        assert!(s.take_complete_saves().is_empty());
     }
 }

@@ -65,6 +65,7 @@ struct WorkerMetrics {
     allreduce_seconds: Gauge,
     allreduce_bytes: IntCounter,
     tokens_per_second: Gauge,
+    checkpoint_wait_seconds: Gauge,
 }
 
 impl WorkerMetrics {
@@ -108,6 +109,10 @@ impl WorkerMetrics {
             tokens_per_second: g(
                 "elf_worker_tokens_per_second",
                 "Tokens this worker trained per second in the last step.",
+            ),
+            checkpoint_wait_seconds: g(
+                "elf_worker_checkpoint_wait_seconds",
+                "Seconds the last save waited for the previous upload of this rank.",
             ),
             registry,
         }
@@ -455,31 +460,25 @@ fn session<B: AutodiffBackend>(
             }
         };
         let applied = tr.apply(grads, d.lr);
-        let busy = upload.as_ref().is_some_and(|h| !h.is_finished());
-        if d.save && busy {
-            // At most one upload in flight: rather than stall training behind a slow store,
-            // this save is skipped and reported as failed.
-            let why = format!(
-                "skipped: the previous checkpoint upload of this rank is still in flight at step {}",
-                d.step
-            );
-            tracing::warn!(step = d.step, "{why}");
-            let skip = ShardReport {
-                worker_id: opts.worker_id.clone(),
-                step: d.step,
-                rank: d.rank,
-                world_size: d.world_size,
-                error: why,
-                ..Default::default()
-            };
-            let _ = rt.block_on(client.report_shard(skip));
-        } else if d.save {
+        if d.save {
             // The step loop pays for the host snapshot only; the upload runs beside the next
-            // steps.
+            // steps. At most one upload is in flight per rank: when the previous one is still
+            // running (a store slower than the save interval) the loop waits for it rather
+            // than drop a checkpoint, so every rank saves the same steps.
+            let t_wait = Instant::now();
             let buf = upload
                 .take()
                 .and_then(|h| h.join().ok())
                 .unwrap_or_default();
+            let waited = t_wait.elapsed().as_secs_f64();
+            metrics.checkpoint_wait_seconds.set(waited);
+            if waited > 1.0 {
+                tracing::warn!(
+                    step = d.step,
+                    waited_seconds = waited,
+                    "waited for the previous checkpoint upload (the store is slower than checkpoint.interval_steps)"
+                );
+            }
             let n = tr.state_numel();
             let (a, b) = shard_range(n, d.rank as u64, d.world_size as u64);
             let (tensors, data) = tr.snapshot_range(a, b, buf);
