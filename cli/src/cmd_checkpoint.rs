@@ -27,18 +27,6 @@ pub enum CheckpointCmd {
     },
 }
 
-/// Resolves a folder or a root (through `latest`) to a checkpoint folder.
-fn folder(url: &str) -> anyhow::Result<Location> {
-    let loc = Location::parse(url)?;
-    if loc.join("manifest.json").exists() {
-        return Ok(loc);
-    }
-    match checkpoints::latest(&loc) {
-        Some(step) => Ok(loc.join(&step_dir(step))),
-        None => anyhow::bail!("{url}: no manifest.json and no latest pointer: not a checkpoint"),
-    }
-}
-
 /// Runs a checkpoint command.
 pub fn run(cmd: CheckpointCmd) -> anyhow::Result<()> {
     match cmd {
@@ -67,12 +55,12 @@ pub fn run(cmd: CheckpointCmd) -> anyhow::Result<()> {
             Ok(())
         }
         CheckpointCmd::Inspect { url } => {
-            let m = checkpoints::read_manifest(&folder(&url)?)?;
+            let m = checkpoints::read_manifest(&checkpoints::folder(&url)?)?;
             out::line(serde_json::to_string_pretty(&m)?);
             Ok(())
         }
         CheckpointCmd::Verify { url } => {
-            let dir = folder(&url)?;
+            let dir = checkpoints::folder(&url)?;
             let m = checkpoints::read_manifest(&dir)?;
             checkpoints::verify(&dir, &m)?;
             out::line(format!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use elf_model::backend::{Cpu, CpuTrain};
-use elf_worker::eval::{self, EvalResult, Generated, Loaded};
+use elf_worker::eval::{self, EvalResult, Loaded};
 
 use crate::out;
 
@@ -86,22 +86,6 @@ fn progress(total: usize, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Writes generations as JSONL, each line tagged with its sampling run name.
-fn write_jsonl(path: &std::path::Path, gens: &[(String, Generated)]) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for (run, g) in gens {
-        let mut v = serde_json::to_value(g)?;
-        v["run"] = run.as_str().into();
-        text.push_str(&serde_json::to_string(&v)?);
-        text.push('\n');
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create", dir.display()))?;
-    }
-    std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
-}
-
 /// Runs `elf sample`.
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let device = Default::default();
@@ -136,9 +120,9 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
                 None => out::line(format!("[{run} #{}] {}", g.id, g.output)),
             }
         }
-        all.extend(gens.into_iter().map(|g| (run.clone(), g)));
+        all.extend(gens);
     }
-    write_jsonl(&a.out, &all)?;
+    eval::write_generations(&a.out, &all)?;
     out::line(format!(
         "wrote {} samples of step {} to {}",
         all.len(),

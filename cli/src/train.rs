@@ -14,6 +14,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::out;
 
+/// What `elf train` and `elf coordinator` share: config overrides and where the run starts
+/// and stops.
+#[derive(Debug, Args)]
+pub struct RunControl {
+    /// Overrides, `key=value` (dotted keys reach sections), applied before validation.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Resume from this checkpoint folder (default: the newest valid checkpoint of the run, if
+    /// any).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Stop after this many steps of the run (a later process resumes it).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
 /// Arguments of `elf train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -26,16 +42,8 @@ pub struct TrainArgs {
     /// Local worker processes (each a full replica; data parallel).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Overrides, `key=value` (dotted keys reach sections), applied before validation.
-    #[arg(long = "set")]
-    pub set: Vec<String>,
-    /// Resume from this checkpoint folder (default: the newest valid checkpoint of the run, if
-    /// any).
-    #[arg(long)]
-    pub resume: Option<String>,
-    /// Stop after this many steps of the run (a later `elf train` resumes it).
-    #[arg(long)]
-    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub run: RunControl,
     /// Local dedicated eval workers (`elf worker --role eval`) that run the config's eval jobs
     /// (section `eval`) beside training; without one, rank 0 evaluates between steps.
     #[arg(long, default_value_t = 0)]
@@ -63,15 +71,8 @@ pub struct CoordinatorArgs {
     /// Training workers to wait for (default: the config's `cluster.workers`).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Overrides, `key=value`.
-    #[arg(long = "set")]
-    pub set: Vec<String>,
-    /// Resume from this checkpoint folder (default: the newest valid checkpoint, if any).
-    #[arg(long)]
-    pub resume: Option<String>,
-    /// Stop after this many steps of the run (a later coordinator resumes it).
-    #[arg(long)]
-    pub stop_after: Option<u64>,
+    #[command(flatten)]
+    pub run: RunControl,
 }
 
 /// Arguments of `elf worker`.
@@ -114,7 +115,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs `elf coordinator` until the run ends.
 pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
-    let rc = crate::load_config(&a.config, &a.set)?;
+    let rc = crate::load_config(&a.config, &a.run.set)?;
     let rt = runtime()?;
     let opts = Options {
         listen: a.listen,
@@ -122,8 +123,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         run_dir: a.run_dir,
         workers: a.workers,
         events: true,
-        resume: a.resume,
-        stop_after: a.stop_after,
+        resume: a.run.resume,
+        stop_after: a.run.stop_after,
     };
     let outcome = rt.block_on(async move {
         let running = elf_coordinator::start(rc, opts).await?;
@@ -172,7 +173,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
 
 /// Runs `elf train`: an in-process coordinator and `workers` local worker processes.
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
-    let rc = crate::load_config(&a.config, &a.set)?;
+    let rc = crate::load_config(&a.config, &a.run.set)?;
     let logs = a.run_dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("{}: cannot create", logs.display()))?;
     let rt = runtime()?;
@@ -182,8 +183,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         run_dir: a.run_dir.clone(),
         workers: Some(a.workers),
         events: false,
-        resume: a.resume.clone(),
-        stop_after: a.stop_after,
+        resume: a.run.resume.clone(),
+        stop_after: a.run.stop_after,
     };
     let mut running = rt.block_on(elf_coordinator::start(rc, opts))?;
     let url = format!("http://{}", running.grpc_addr);

@@ -412,34 +412,7 @@ fn a_frozen_worker_is_evicted_and_the_run_ends_as_an_uninterrupted_one() {
 }
 
 fn train(dir: &Path, workers: usize, extra: &[&str]) -> std::process::Output {
-    let d = dir.display().to_string();
-    let w = workers.to_string();
-    let mut args = vec![
-        "train",
-        "--config",
-        "configs/tiny.yaml",
-        "--run-dir",
-        &d,
-        "--workers",
-        &w,
-        "--set",
-        "checkpoint.interval_steps=4",
-        "--set",
-        "train.max_steps=12",
-    ];
-    args.extend_from_slice(extra);
-    let o = std::process::Command::new(elf())
-        .args(&args)
-        .current_dir(root())
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "elf train {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
+    train_env(dir, workers, extra, &[])
 }
 
 fn assert_same_run(a: &Path, b: &Path, what: &str) {

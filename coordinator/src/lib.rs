@@ -22,11 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use elf_data::checkpoints;
 use elf_data::source::Location;
-use elf_data::tokenizer::TextTokenizer;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::events;
 use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry, step_dir};
-use elf_shared::plan::Plan;
 use elf_shared::proto::EvalReport;
 use elf_shared::proto::coordinator_server::CoordinatorServer;
 use elf_shared::schedule::Schedule;
@@ -445,23 +443,11 @@ fn prepare(
     opts: &Options,
 ) -> anyhow::Result<(Arc<Inner>, watch::Receiver<Progress>, usize, u64, u64)> {
     let c = &rc.config;
-    let tokenizer = Arc::new(TextTokenizer::for_config(
-        c.tokenizer_name.as_deref(),
-        &rc.base_dir,
-    )?);
-    let data_path = c
-        .data_path
-        .as_deref()
-        .with_context(|| format!("{}: data_path is not set", rc.source))?;
-    let data = elf_data::open_dataset(&rc.resolve(data_path), &tokenizer)?;
+    let elf_data::Training { data, plan, .. } = elf_data::open_training(&rc)?;
     let g = c.global_batch_size as u64;
-    let plan = Plan::new(data.len(), g, c.seed).with_context(|| data.describe())?;
     let workers = opts.workers.unwrap_or(c.cluster.workers);
     let shard = c.train.branch_shard_size as u64;
-    if workers == 0
-        || !g.is_multiple_of(workers as u64)
-        || !(g / workers as u64).is_multiple_of(shard)
-    {
+    if !plan.splits(workers as u64, shard) {
         anyhow::bail!(
             "{}: {workers} workers cannot split global_batch_size {g} into whole branch shards of {shard} (train.branch_shard_size)",
             rc.source

@@ -384,11 +384,9 @@ impl ClusterState {
     /// The largest world size not above `n` that splits the global batch into whole branch
     /// shards per rank.
     pub fn valid_world(&self, n: usize) -> Option<usize> {
-        let g = self.facts.plan.batch();
-        (1..=n).rev().find(|&w| {
-            let w = w as u64;
-            g.is_multiple_of(w) && (g / w).is_multiple_of(self.facts.shard)
-        })
+        (1..=n)
+            .rev()
+            .find(|&w| self.facts.plan.splits(w as u64, self.facts.shard))
     }
 
     /// Forms a new quorum from the live training workers (ranked by id), dropping the in-flight
@@ -759,11 +757,6 @@ impl ClusterState {
                 }
             })
             .collect()
-    }
-
-    /// Returns the steps whose checkpoints are still being written.
-    pub fn pending_saves(&self) -> Vec<u64> {
-        self.saves.keys().copied().collect()
     }
 
     /// True while a checkpoint of this run is still on its way (shards or manifest).
@@ -1161,7 +1154,7 @@ mod tests {
             (c.step, c.shards.len(), c.commit.step, c.shards[0].rank),
             (1, 2, 1, 0)
         );
-        assert!(s.pending_saves().is_empty());
+        assert!(s.saves.is_empty());
         let mut bad = shard("a", 2, 0);
         bad.error = "store timed out".into();
         assert_eq!(

@@ -38,6 +38,24 @@ pub fn commit(root: &Location, m: &Manifest) -> Result<(), DataError> {
     root.join("latest").put(step_dir(m.step).into_bytes())
 }
 
+/// Resolves a checkpoint folder, or a checkpoint root through its `latest` pointer.
+///
+/// # Errors
+/// Neither a manifest nor a `latest` pointer there (naming the URL), or a bad URL.
+pub fn folder(url: &str) -> Result<Location, DataError> {
+    let loc = Location::parse(url)?;
+    if loc.join("manifest.json").exists() {
+        return Ok(loc);
+    }
+    match latest(&loc) {
+        Some(step) => Ok(loc.join(&step_dir(step))),
+        None => Err(DataError::Format {
+            name: url.to_string(),
+            message: "no manifest.json and no latest pointer: not a committed checkpoint".into(),
+        }),
+    }
+}
+
 /// Replaces the manifest of a committed checkpoint folder (to add eval results): one atomic
 /// put, so readers see the old or the new manifest, never neither.
 ///

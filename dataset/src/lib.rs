@@ -152,6 +152,49 @@ impl Dataset for Concat {
     }
 }
 
+/// What the coordinator plans with and every worker reads: the tokenizer, the training rows
+/// and the sample plan of a resolved config.
+#[derive(Debug)]
+pub struct Training {
+    /// The text tokenizer (`tokenizer_name`, else t5-small's).
+    pub tokenizer: Arc<TextTokenizer>,
+    /// The training rows (`data_path`).
+    pub data: Box<dyn Dataset>,
+    /// Which rows each step trains.
+    pub plan: elf_shared::plan::Plan,
+}
+
+/// Opens the tokenizer, the training data and the sample plan of `rc`.
+///
+/// # Errors
+/// A missing `data_path`, an unreadable dataset or tokenizer, or a batch the data cannot fill.
+pub fn open_training(rc: &elf_shared::config::ResolvedConfig) -> anyhow::Result<Training> {
+    use anyhow::Context;
+    let c = &rc.config;
+    let tokenizer = Arc::new(TextTokenizer::for_config(
+        c.tokenizer_name.as_deref(),
+        &rc.base_dir,
+    )?);
+    let data_path = c
+        .data_path
+        .as_deref()
+        .with_context(|| format!("{}: data_path is not set", rc.source))?;
+    let data = open_dataset(&rc.resolve(data_path), &tokenizer)?;
+    let plan = elf_shared::plan::Plan::new(data.len(), c.global_batch_size as u64, c.seed)
+        .with_context(|| {
+            format!(
+                "{}: global_batch_size {}",
+                data.describe(),
+                c.global_batch_size
+            )
+        })?;
+    Ok(Training {
+        tokenizer,
+        data,
+        plan,
+    })
+}
+
 /// Opens a dataset from a path or URL: a `save_to_disk` folder, a `.arrow` stream file, parquet
 /// files or a folder of them, or JSONL files or a folder of them.
 ///

@@ -101,6 +101,12 @@ impl Plan {
         Ok(rank * per..(rank + 1) * per)
     }
 
+    /// True when `world` ranks split the global batch into slices of whole branch shards of
+    /// `shard` rows (the world sizes a run can train at).
+    pub fn splits(&self, world: u64, shard: u64) -> bool {
+        world > 0 && self.batch.is_multiple_of(world) && (self.batch / world).is_multiple_of(shard)
+    }
+
     /// Returns `(position, row)` for every sample `rank` of `world` trains at `step`.
     ///
     /// # Errors

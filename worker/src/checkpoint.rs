@@ -126,12 +126,6 @@ impl<'a> Shard<'a> {
     }
 }
 
-/// Encodes the flat elements `[start, end)` of a state indexed by `tensors`; `data` holds
-/// exactly those elements.
-pub fn encode_shard(tensors: &[TensorEntry], data: &[f32], start: u64, end: u64) -> Vec<u8> {
-    Shard::new(tensors, data, start, end).to_bytes()
-}
-
 /// Returns the hex sha256 of bytes.
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use elf_data::collate::Collator;
-use elf_data::source::Location;
 use elf_data::tokenizer::TextTokenizer;
 use elf_data::{Dataset, Row, open_dataset};
 use elf_model::elf::Elf;
@@ -45,17 +44,7 @@ pub struct Loaded<B: AutodiffBackend> {
 /// No manifest (the step was never committed), a shard with a wrong hash, a config that no
 /// longer resolves.
 pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result<Loaded<B>> {
-    let loc = Location::parse(url)?;
-    let dir = if loc.join("manifest.json").exists() {
-        loc
-    } else {
-        match elf_data::checkpoints::latest(&loc) {
-            Some(step) => loc.join(&elf_shared::manifest::step_dir(step)),
-            None => anyhow::bail!(
-                "{url}: no manifest.json and no latest pointer: not a committed checkpoint"
-            ),
-        }
-    };
+    let dir = elf_data::checkpoints::folder(url)?;
     let manifest = elf_data::checkpoints::read_manifest(&dir)?;
     let rc = Config::from_yaml(
         &manifest.config_yaml,
@@ -87,6 +76,8 @@ pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result
 /// One generated sample.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Generated {
+    /// The sampling config's run name (spec §6.5).
+    pub run: String,
     /// Index in the sample set.
     pub id: usize,
     /// The condition text (conditional tasks).
@@ -154,6 +145,7 @@ pub fn sample_all<B: AutodiffBackend>(
         for (k, tokens) in ids.into_iter().enumerate() {
             let row = rows.map(|r| &r[k]);
             out.push(Generated {
+                run: run_name(spec, prompts.is_some()),
                 id: start + k,
                 prompt: row.and_then(|r| {
                     r.input.clone().or_else(|| {
@@ -241,7 +233,8 @@ impl<B: burn::tensor::backend::Backend> Scorer<B> {
 pub struct EvalResult {
     /// The spec's run name (spec §6.5).
     pub run: String,
-    /// Samples scored.
+    /// Samples: the rows scored (conditional), or the samples generated (unconditional; the
+    /// empty ones are left out of perplexity, spec §6.2).
     pub samples: usize,
     /// Generative perplexity (unconditional, with a scorer).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,11 +273,20 @@ pub fn score<B: burn::tensor::backend::Backend>(
         ..EvalResult::default()
     };
     if gens.iter().any(|g| g.reference.is_some()) {
-        let hyps: Vec<&str> = gens.iter().map(|g| g.output.as_str()).collect();
-        let refs: Vec<&str> = gens
+        // References are the eval set's raw target text (spec §6.4); a row without one cannot
+        // be scored, and is left out loudly rather than scored against an empty string.
+        let (hyps, refs): (Vec<&str>, Vec<&str>) = gens
             .iter()
-            .map(|g| g.reference.as_deref().unwrap_or(""))
-            .collect();
+            .filter_map(|g| Some((g.output.as_str(), g.reference.as_deref()?)))
+            .unzip();
+        if refs.len() < gens.len() {
+            tracing::warn!(
+                run = %r.run,
+                unscored = gens.len() - refs.len(),
+                "eval rows without a target text are left out of BLEU/ROUGE"
+            );
+        }
+        r.samples = refs.len();
         r.bleu = Some(bleu::corpus_bleu(&hyps, &refs).score);
         let m = rouge::corpus_rouge(&hyps, &refs);
         (r.rouge1, r.rouge2, r.rouge_l) = (Some(m.rouge1), Some(m.rouge2), Some(m.rouge_l));

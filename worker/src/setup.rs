@@ -4,16 +4,15 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::Context;
 use burn::tensor::backend::Backend;
 use elf_model::optim::Schedule;
 use elf_model::t5::T5Encoder;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::plan::Plan;
 
+use elf_data::Dataset;
 use elf_data::collate::Collator;
 use elf_data::tokenizer::TextTokenizer;
-use elf_data::{Dataset, open_dataset};
 
 /// The data side of a run.
 #[derive(Debug)]
@@ -41,23 +40,11 @@ impl DataSetup {
     /// A missing `data_path`, an unreadable dataset or tokenizer, or a batch the data cannot fill.
     pub fn open(rc: &ResolvedConfig) -> anyhow::Result<Self> {
         let c = &rc.config;
-        let tokenizer = Arc::new(TextTokenizer::for_config(
-            c.tokenizer_name.as_deref(),
-            &rc.base_dir,
-        )?);
-        let data_path = c
-            .data_path
-            .as_deref()
-            .with_context(|| format!("{}: data_path is not set", rc.source))?;
-        let data = open_dataset(&rc.resolve(data_path), &tokenizer)?;
-        let plan =
-            Plan::new(data.len(), c.global_batch_size as u64, c.seed).with_context(|| {
-                format!(
-                    "{}: global_batch_size {}",
-                    data.describe(),
-                    c.global_batch_size
-                )
-            })?;
+        let elf_data::Training {
+            tokenizer,
+            data,
+            plan,
+        } = elf_data::open_training(rc)?;
         let vocab = tokenizer.vocab_size();
         if vocab > c.encoder.vocab_size {
             anyhow::bail!(
