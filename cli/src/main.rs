@@ -1,14 +1,10 @@
 //! `elf`: the one user-facing binary (train, sample, eval, plot, config, model, data, checkpoint, bench).
 
 mod bench;
-mod cmd_checkpoint;
-mod cmd_config;
-mod cmd_data;
-mod cmd_eval;
-mod cmd_model;
-mod cmd_plot;
+mod commands;
 mod out;
-mod train;
+
+use commands::{checkpoint, cluster, config, data, eval, model, plot, train};
 
 use clap::{Parser, Subcommand};
 
@@ -44,27 +40,27 @@ enum Command {
     /// samples at the end.
     Train(train::TrainArgs),
     /// Runs the coordinator of a run (JSON events on stdout).
-    Coordinator(train::CoordinatorArgs),
+    Coordinator(cluster::CoordinatorArgs),
     /// Runs a worker that joins a coordinator (JSON events on stdout).
-    Worker(train::WorkerArgs),
+    Worker(cluster::WorkerArgs),
     /// Generates samples from a checkpoint's EMA weights (unconditional or from prompts).
-    Sample(cmd_eval::SampleArgs),
+    Sample(eval::SampleArgs),
     /// Evaluates a checkpoint with the paper's metrics on its task.
-    Eval(cmd_eval::EvalArgs),
+    Eval(eval::EvalArgs),
     /// Plots a run's loss parts and eval metrics over steps as an SVG.
-    Plot(cmd_plot::PlotArgs),
+    Plot(plot::PlotArgs),
     /// Validates configs.
     #[command(subcommand)]
-    Config(cmd_config::ConfigCmd),
+    Config(config::ConfigCmd),
     /// Inspects and runs the network.
     #[command(subcommand)]
-    Model(cmd_model::ModelCmd),
+    Model(model::ModelCmd),
     /// Prepares datasets.
     #[command(subcommand)]
-    Data(cmd_data::DataCmd),
+    Data(data::DataCmd),
     /// Lists, inspects and verifies checkpoints.
     #[command(subcommand)]
-    Checkpoint(cmd_checkpoint::CheckpointCmd),
+    Checkpoint(checkpoint::CheckpointCmd),
     /// Measures performance against anchors in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -103,16 +99,16 @@ fn main() -> std::process::ExitCode {
     init_logs(cli.log_format);
     let result = match cli.command {
         Command::Train(a) => train::run(a),
-        Command::Coordinator(a) => train::coordinator(a),
-        Command::Worker(a) => train::worker(a),
-        Command::Sample(a) => cmd_eval::sample(a),
-        Command::Eval(a) => cmd_eval::evaluate(a),
-        Command::Plot(a) => cmd_plot::run(a),
-        Command::Config(c) => cmd_config::run(c),
-        Command::Model(c) => cmd_model::run(c),
-        Command::Data(c) => cmd_data::run(c),
+        Command::Coordinator(a) => cluster::coordinator(a),
+        Command::Worker(a) => cluster::worker(a),
+        Command::Sample(a) => eval::sample(a),
+        Command::Eval(a) => eval::evaluate(a),
+        Command::Plot(a) => plot::run(a),
+        Command::Config(c) => config::run(c),
+        Command::Model(c) => model::run(c),
+        Command::Data(c) => data::run(c),
         Command::Bench(c) => bench::run(c),
-        Command::Checkpoint(c) => cmd_checkpoint::run(c),
+        Command::Checkpoint(c) => checkpoint::run(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -300,7 +300,7 @@ fn data_prepare_writes_hf_shards_and_resumes() {
     );
     let v: Value = serde_json::from_slice(&py.stdout).unwrap();
     assert_eq!(v[0], 500);
-    let tok = elf_data::tokenizer::TextTokenizer::t5();
+    let tok = elf_dataset::tokenizer::TextTokenizer::t5();
     let lines: Vec<Value> = std::fs::read_to_string(&input)
         .unwrap()
         .lines()

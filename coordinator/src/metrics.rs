@@ -1,6 +1,9 @@
 //! The coordinator's Prometheus metrics (`elf_` namespace, units in the names).
 
+use elf_shared::messages::RunStatus;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntGauge, Opts, Registry};
+
+use crate::state::steps::Commit;
 
 /// Every metric the coordinator exports.
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct Metrics {
     pub checkpoint_saves: IntCounter,
     /// Checkpoint saves that failed.
     pub checkpoint_failures: IntCounter,
+    /// Retention passes that failed after a commit.
+    pub retention_failures: IntCounter,
     /// Step of the last committed checkpoint.
     pub checkpoint_last_step: IntGauge,
     /// Eval jobs completed.
@@ -131,6 +136,10 @@ impl Metrics {
                 "elf_checkpoint_failures_total",
                 "Checkpoint saves that failed; training continued.",
             ),
+            retention_failures: c(
+                "elf_checkpoint_retention_failures_total",
+                "Retention passes that failed after a commit (the checkpoint stayed committed).",
+            ),
             checkpoint_last_step: ig(
                 "elf_checkpoint_last_step",
                 "Step of the last committed checkpoint.",
@@ -148,6 +157,42 @@ impl Metrics {
                 &["run", "metric"],
             ),
             registry,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records a committed step that took `secs` since the previous one.
+    pub fn on_commit(&self, c: &Commit, secs: f64, tokens_per_s: f64) {
+        let a = c.reports[0].applied().cloned().unwrap_or_default();
+        self.steps_committed.inc();
+        self.step.set(c.step.0 as i64);
+        self.step_seconds.set(secs);
+        self.tokens_per_second.set(tokens_per_s);
+        self.loss.with_label_values(&["total"]).set(a.loss);
+        self.loss.with_label_values(&["ce"]).set(a.ce_loss);
+        self.loss.with_label_values(&["l2"]).set(a.l2_loss);
+        self.learning_rate.set(c.lr);
+        self.grad_norm.set(a.grad_norm);
+        for r in &c.reports {
+            let rank = r.rank.to_string();
+            self.allreduce_seconds
+                .with_label_values(&[&rank])
+                .set(r.timings.allreduce_seconds);
+            self.allreduce_bytes
+                .with_label_values(&[&rank])
+                .add(r.timings.allreduce_bytes as f64);
+        }
+    }
+
+    /// Refreshes the gauges read from the status at scrape time: quorum size, heartbeat ages.
+    pub fn refresh(&self, s: &RunStatus) {
+        self.quorum_size
+            .set(s.quorum.as_ref().map_or(0, |q| q.world_size as i64));
+        for w in &s.workers {
+            self.heartbeat_age_seconds
+                .with_label_values(&[w.id.as_str()])
+                .set(w.heartbeat_age_seconds);
         }
     }
 }

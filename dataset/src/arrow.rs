@@ -11,8 +11,8 @@ use std::sync::Arc;
 use arrow_ipc::{MessageHeader, root_as_message};
 use arrow_schema::{DataType, Field, Schema};
 
-use crate::source::{ByteSource, Location};
 use crate::{DataError, Dataset, Row};
+use elf_store::{ByteSource, Location};
 
 /// Where one buffer lies in the file.
 #[derive(Debug, Clone, Copy)]
@@ -470,7 +470,18 @@ enum Value {
     Int(i64),
 }
 
-fn check_type(f: &Field, slot: usize) -> Result<(), String> {
+/// A column or value that is not what the schema promises.
+#[derive(Debug, thiserror::Error)]
+enum BadValue {
+    #[error("has type {got}, expected {want}")]
+    Type { got: String, want: &'static str },
+    #[error("negative token id {0}")]
+    Negative(i64),
+    #[error("token id {0} out of range")]
+    OutOfRange(i64),
+}
+
+fn check_type(f: &Field, slot: usize) -> Result<(), BadValue> {
     let ok = match slot {
         0 | 1 => {
             matches!(f.data_type(), DataType::List(c) | DataType::LargeList(c) if int_width(c.data_type()).is_some())
@@ -486,7 +497,10 @@ fn check_type(f: &Field, slot: usize) -> Result<(), String> {
             2 | 3 => "a string",
             _ => "an integer",
         };
-        Err(format!("has type {}, expected {want}", f.data_type()))
+        Err(BadValue::Type {
+            got: f.data_type().to_string(),
+            want,
+        })
     }
 }
 
@@ -503,14 +517,14 @@ fn decode_int(b: &[u8], width: u8, signed: bool) -> i64 {
     }
 }
 
-fn decode_ids(b: &[u8], width: u8, signed: bool) -> Result<Vec<u32>, String> {
+fn decode_ids(b: &[u8], width: u8, signed: bool) -> Result<Vec<u32>, BadValue> {
     if width == 4 {
         // The common case (HF writes int32): decode without per-element dispatch.
         let mut out = Vec::with_capacity(b.len() / 4);
         for c in b.chunks_exact(4) {
             let v = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             if signed && v < 0 {
-                return Err(format!("negative token id {v}"));
+                return Err(BadValue::Negative(v as i64));
             }
             out.push(v as u32);
         }
@@ -519,7 +533,7 @@ fn decode_ids(b: &[u8], width: u8, signed: bool) -> Result<Vec<u32>, String> {
     b.chunks_exact(width as usize)
         .map(|c| {
             let v = decode_int(c, width, signed);
-            u32::try_from(v).map_err(|_| format!("token id {v} out of range"))
+            u32::try_from(v).map_err(|_| BadValue::OutOfRange(v))
         })
         .collect()
 }
@@ -568,7 +582,7 @@ impl Dataset for ArrowStream {
 /// # Errors
 /// Missing or malformed `state.json`, a DatasetDict with several splits, or any shard error.
 pub fn open_hf(loc: &Location) -> Result<Vec<ArrowStream>, DataError> {
-    if !loc.is_dir() {
+    if !loc.is_dir()? {
         return Ok(vec![ArrowStream::open(loc.open()?)?]);
     }
     let names = loc.list()?;

@@ -5,6 +5,19 @@ use elf_shared::config::{Config, PadToken};
 
 use crate::Row;
 
+/// A row the collator cannot turn into a sequence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CollateError {
+    /// A token id the embedding table has no row for.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    OutOfVocabulary {
+        /// The id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: u32,
+    },
+}
+
 /// Turns rows into fixed-length sequences.
 #[derive(Debug, Clone)]
 pub struct Collator {
@@ -48,7 +61,7 @@ impl Collator {
     ///
     /// # Errors
     /// A token id outside the vocabulary (the message gives the id).
-    pub fn collate(&self, row: &Row) -> Result<Collated, String> {
+    pub fn collate(&self, row: &Row) -> Result<Collated, CollateError> {
         let s = self.seq_len;
         let cond: &[u32] = match &row.condition_input_ids {
             Some(c) => &c[..self.max_input_length.map_or(c.len(), |m| m.min(c.len()))],
@@ -57,10 +70,10 @@ impl Collator {
         let mut ids = Vec::with_capacity(s);
         for &t in cond.iter().chain(row.input_ids.iter()).take(s) {
             if t >= self.vocab {
-                return Err(format!(
-                    "token id {t} is outside the vocabulary of {}",
-                    self.vocab
-                ));
+                return Err(CollateError::OutOfVocabulary {
+                    id: t,
+                    vocab: self.vocab,
+                });
             }
             ids.push(t as i32);
         }
@@ -151,6 +164,7 @@ mod tests {
         assert!(
             c.collate(&row(None, vec![100]))
                 .unwrap_err()
+                .to_string()
                 .contains("100")
         );
     }

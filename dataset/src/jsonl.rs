@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::source::ByteSource;
 use crate::tokenizer::TextTokenizer;
 use crate::{DataError, Dataset, Row};
+use elf_store::ByteSource;
 
 #[derive(Debug, Deserialize)]
 struct Line {

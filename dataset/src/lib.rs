@@ -2,11 +2,10 @@
 //! prepare`. No tensors: the coordinator uses it to size the sample plan, workers to read rows.
 //!
 //! Every source gives random access by global row index with memory that does not grow with the
-//! dataset; which rows a step reads comes from `elf_shared::plan`.
+//! dataset; which rows a step reads comes from `elf_shared::plan`. Bytes come through
+//! `elf_store::Location` (local files and object stores).
 //!
 //! # Layout
-//! - [`source`]: byte-range access to local files and object stores.
-//! - [`checkpoints`]: checkpoint manifests, `latest`, verification, retention.
 //! - [`arrow`]: HF `save_to_disk` folders (Arrow IPC stream shards).
 //! - [`parquet`]: parquet files and folders.
 //! - [`jsonl`]: JSONL, tokenised at load.
@@ -15,30 +14,32 @@
 //! - [`prepare`]: `elf data prepare`, text in, sharded tokenised dataset out.
 
 pub mod arrow;
-pub mod checkpoints;
 pub mod collate;
 pub mod jsonl;
 pub mod parquet;
 pub mod prepare;
-pub mod source;
 pub mod tokenizer;
 
 use std::sync::Arc;
 
-use source::Location;
+use elf_store::{Location, StoreError};
 use tokenizer::TextTokenizer;
 
 /// Errors from reading datasets; each names the file (or URL) and the problem on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    /// An IO error.
-    #[error("{name}: {message}")]
+    /// A local file operation failed.
+    #[error("{name}: {source}")]
     Io {
         /// File.
         name: String,
-        /// What failed.
-        message: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
     },
+    /// Reading bytes from a file or object failed (including object-store requests).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// A malformed file, a missing column, a wrong type.
     #[error("{name}: {message}")]
     Format {
@@ -47,30 +48,14 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
-    /// An object-store failure.
-    #[error("{name}: object store: {message}")]
-    Store {
-        /// URL.
-        name: String,
-        /// The store's message.
-        message: String,
-    },
 }
 
 impl DataError {
     /// Wraps an IO error.
-    pub fn io(name: &str, e: std::io::Error) -> Self {
+    pub fn io(name: &str, source: std::io::Error) -> Self {
         Self::Io {
             name: name.into(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Reports a read past the end of a file.
-    pub fn truncated(name: &str, want: u64, len: u64) -> Self {
-        Self::Format {
-            name: name.into(),
-            message: format!("truncated: needs byte {want} but has {len}"),
+            source,
         }
     }
 }
@@ -152,22 +137,21 @@ impl Dataset for Concat {
     }
 }
 
-/// What the coordinator plans with and every worker reads: the tokenizer, the training rows
-/// and the sample plan of a resolved config.
+/// What a run trains on: the tokenizer and the training rows of a resolved config. The
+/// coordinator sizes the run from `data.len()` (`elf_shared::run::RunFacts`); workers read
+/// the rows their directives name.
 #[derive(Debug)]
 pub struct Training {
     /// The text tokenizer (`tokenizer_name`, else t5-small's).
     pub tokenizer: Arc<TextTokenizer>,
     /// The training rows (`data_path`).
     pub data: Box<dyn Dataset>,
-    /// Which rows each step trains.
-    pub plan: elf_shared::plan::Plan,
 }
 
-/// Opens the tokenizer, the training data and the sample plan of `rc`.
+/// Opens the tokenizer and the training data of `rc`.
 ///
 /// # Errors
-/// A missing `data_path`, an unreadable dataset or tokenizer, or a batch the data cannot fill.
+/// A missing `data_path`, or an unreadable dataset or tokenizer.
 pub fn open_training(rc: &elf_shared::config::ResolvedConfig) -> anyhow::Result<Training> {
     use anyhow::Context;
     let c = &rc.config;
@@ -180,18 +164,25 @@ pub fn open_training(rc: &elf_shared::config::ResolvedConfig) -> anyhow::Result<
         .as_deref()
         .with_context(|| format!("{}: data_path is not set", rc.source))?;
     let data = open_dataset(&rc.resolve(data_path), &tokenizer)?;
-    let plan = elf_shared::plan::Plan::new(data.len(), c.global_batch_size as u64, c.seed)
-        .with_context(|| {
-            format!(
-                "{}: global_batch_size {}",
-                data.describe(),
-                c.global_batch_size
-            )
-        })?;
-    Ok(Training {
-        tokenizer,
-        data,
-        plan,
+    Ok(Training { tokenizer, data })
+}
+
+/// Opens the training data of `rc` and derives the run's facts from it: the check a
+/// coordinator makes before it serves.
+///
+/// # Errors
+/// As [`open_training`], and a dataset or world size the run cannot use.
+pub fn run_facts(
+    rc: &elf_shared::config::ResolvedConfig,
+) -> anyhow::Result<elf_shared::run::RunFacts> {
+    use elf_shared::run::{RunError, RunFacts};
+    let t = open_training(rc)?;
+    RunFacts::derive(&rc.config, t.data.len()).map_err(|e| {
+        let name = match &e {
+            RunError::Plan { .. } => t.data.describe(),
+            RunError::World { .. } => rc.source.clone(),
+        };
+        anyhow::Error::new(e).context(name)
     })
 }
 
@@ -206,7 +197,7 @@ pub fn open_dataset(
 ) -> Result<Box<dyn Dataset>, DataError> {
     let loc = Location::parse(spec)?;
     let name = loc.display();
-    let ds: Box<dyn Dataset> = if loc.is_dir() {
+    let ds: Box<dyn Dataset> = if loc.is_dir()? {
         let names = loc.list()?;
         let has = |suffix: &str| names.iter().any(|n| n.ends_with(suffix));
         if names
@@ -252,7 +243,7 @@ pub fn open_dataset(
             Box::new(parquet::ParquetFile::open(loc.open()?)?)
         } else if file.ends_with(".jsonl") || file.ends_with(".json") {
             Box::new(jsonl::JsonlFile::open(loc.open()?, tokenizer.clone())?)
-        } else if !loc.exists() {
+        } else if !loc.exists()? {
             return Err(DataError::Format {
                 name,
                 message: "no such file or folder".into(),

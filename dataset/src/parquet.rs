@@ -20,8 +20,8 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::file::reader::{ChunkReader, Length};
 
-use crate::source::ByteSource;
 use crate::{DataError, Dataset, Row};
+use elf_store::ByteSource;
 
 /// A [`ByteSource`] as parquet's chunk reader.
 #[derive(Debug, Clone)]

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use elf_data::source::upload_dir;
-use elf_data::tokenizer::TextTokenizer;
-use elf_data::{Dataset, Row, open_dataset};
+use elf_dataset::tokenizer::TextTokenizer;
+use elf_dataset::{Dataset, Row, open_dataset};
+use elf_store::location::upload_dir;
 use serde_json::Value;
 
 struct Fixtures {
@@ -219,7 +219,8 @@ fn tokenizer_ids_equal_the_reference_tokenizer_on_real_sentences() {
 #[test]
 fn a_gpt2_tokenizer_json_encodes_as_python_does() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/gpt2");
-    let tok = elf_data::tokenizer::TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let tok =
+        elf_dataset::tokenizer::TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let g: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
     let max = g["max_len"].as_u64().unwrap() as usize;

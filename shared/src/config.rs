@@ -813,6 +813,37 @@ impl Config {
         ConfigHash(hex::encode(Sha256::digest(&json)))
     }
 
+    /// Returns the sha256 of what determines the trained model: the resolved config with the
+    /// world size left out (`cluster.workers`: any world size trains the same model, so a run
+    /// may resume at another one).
+    pub fn training_hash(&self) -> ConfigHash {
+        let mut c = self.clone();
+        c.cluster.workers = ClusterSection::default().workers;
+        c.hash()
+    }
+
+    /// Checks that a checkpoint written with the config `theirs` (canonical YAML, from its
+    /// manifest in `dir`) can be resumed with this one.
+    ///
+    /// # Errors
+    /// A manifest config that does not parse, or one that trains another model.
+    pub fn check_resumable(&self, theirs: &str, dir: &str) -> Result<(), ConfigError> {
+        let source = format!("{dir} (manifest config)");
+        let other = Self::from_yaml(theirs, &source, Path::new("."), &[])?.config;
+        let (a, b) = (other.training_hash(), self.training_hash());
+        if a != b {
+            return Err(ConfigError::Invalid {
+                path: dir.to_string(),
+                problems: vec![format!(
+                    "written by config {} but this config hashes to {}; resume with the same config (only cluster.workers may differ) or use a new run dir",
+                    other.hash(),
+                    self.hash()
+                )],
+            });
+        }
+        Ok(())
+    }
+
     /// Returns the peak learning rate: `lr` when set and positive, else `blr · G · k / 256`.
     pub fn peak_lr(&self) -> f64 {
         match self.lr {
@@ -1030,5 +1061,48 @@ mod tests {
             .unwrap()
             .config;
         assert!((c.peak_lr() - 0.002).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_checkpoint_resumes_at_any_world_size_but_not_with_another_model() {
+        let base = parse(
+            "seed: 1
+",
+        )
+        .unwrap()
+        .config;
+        let wider = Config::from_yaml(
+            "seed: 1
+",
+            "t",
+            Path::new("."),
+            &["cluster.workers=4".into()],
+        )
+        .unwrap()
+        .config;
+        assert_ne!(
+            base.hash(),
+            wider.hash(),
+            "the world size is part of the hashed config"
+        );
+        assert_eq!(base.training_hash(), wider.training_hash());
+        wider
+            .check_resumable(&base.to_yaml(), "ckpt/step-000000003")
+            .unwrap();
+        let other = parse(
+            "seed: 2
+",
+        )
+        .unwrap()
+        .config;
+        let e = other
+            .check_resumable(&base.to_yaml(), "ckpt/step-000000003")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("ckpt/step-000000003: invalid config: written by config")
+                && e.contains(&base.hash().0),
+            "{e}"
+        );
     }
 }

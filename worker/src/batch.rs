@@ -11,8 +11,8 @@ use elf_model::objective::{Branch, Draws, HostBatch, draw_sample};
 use elf_shared::config::Config;
 use elf_shared::seed::{Purpose, Stream};
 
-use elf_data::collate::Collator;
-use elf_data::{DataError, Dataset};
+use elf_dataset::collate::Collator;
+use elf_dataset::{DataError, Dataset};
 
 /// One micro-batch of a single branch, ready for the objective.
 #[derive(Debug, Clone)]

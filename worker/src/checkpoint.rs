@@ -8,15 +8,40 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use elf_data::source::Location;
-use elf_model::weights::TensorFile;
+use elf_model::weights::{TensorFile, WeightError};
 use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
+use elf_store::{Location, StoreError};
 use sha2::{Digest, Sha256};
 
 /// A checkpoint error, naming the shard or manifest.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CheckpointError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// Reading from the store failed, or a shard's hash or size is not the manifest's.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Every upload attempt of a shard failed.
+    #[error("{target}: upload failed after {attempts} attempts: {source}")]
+    Upload {
+        /// The shard's location.
+        target: String,
+        /// Attempts made.
+        attempts: usize,
+        /// The last failure.
+        #[source]
+        source: Box<StoreError>,
+    },
+    /// A shard's safetensors content does not parse.
+    #[error(transparent)]
+    Tensors(#[from] WeightError),
+    /// A piece of a shard does not fit the manifest's index.
+    #[error("{shard}: {message}")]
+    Piece {
+        /// The shard.
+        shard: String,
+        /// What is wrong with which piece.
+        message: String,
+    },
+}
 
 /// One rank's shard, ready to stream: the safetensors header and the borrowed tensor data in
 /// file order, so that writing it copies each element once, straight into the destination.
@@ -155,7 +180,7 @@ pub fn write_shard(
     };
     let target = dir.join(file);
     let mut bytes = None;
-    let mut last = String::new();
+    let mut last = None;
     for attempt in 0..retries.max(1) {
         let put = match &target {
             Location::Local(_) => target.put_with(&|w| shard.write_to(w)),
@@ -168,17 +193,17 @@ pub fn write_shard(
         match put {
             Ok(()) => return Ok(entry),
             Err(e) => {
-                last = e.to_string();
-                tracing::warn!(attempt, error = %last, "shard upload failed, retrying");
+                tracing::warn!(attempt, error = %e, "shard upload failed, retrying");
+                last = Some(e);
                 std::thread::sleep(std::time::Duration::from_millis(200 << attempt.min(5)));
             }
         }
     }
-    Err(CheckpointError(format!(
-        "{}: upload failed after {} attempts: {last}",
-        target.display(),
-        retries.max(1)
-    )))
+    Err(CheckpointError::Upload {
+        target: target.display(),
+        attempts: retries.max(1),
+        source: Box::new(last.expect("at least one attempt")),
+    })
 }
 
 /// Reads every shard of a committed checkpoint, checks its size and sha256, and returns the
@@ -192,33 +217,32 @@ pub fn read_state(dir: &Location, m: &Manifest) -> Result<Vec<f32>, CheckpointEr
     let mut out = vec![0f32; m.numel as usize];
     for s in &m.shards {
         let loc = dir.join(&s.file);
-        let bytes = loc
-            .read_all()
-            .map_err(|e| CheckpointError(format!("{}: cannot read shard: {e}", loc.display())))?;
+        let shard = loc.display();
+        let bytes = loc.read_all()?;
         let got = sha256(&bytes);
         if bytes.len() as u64 != s.size || got != s.sha256 {
-            return Err(CheckpointError(format!(
-                "{}: shard hash mismatch: sha256 {got} ({} bytes), manifest says {} ({} bytes)",
-                loc.display(),
-                bytes.len(),
-                s.sha256,
-                s.size
-            )));
+            return Err(StoreError::HashMismatch {
+                name: shard,
+                got,
+                got_size: bytes.len() as u64,
+                want: s.sha256.clone(),
+                want_size: s.size,
+            }
+            .into());
         }
-        let f = TensorFile::from_bytes(std::path::Path::new(&loc.display()), bytes.to_vec())
-            .map_err(|e| CheckpointError(e.to_string()))?;
+        let f = TensorFile::from_bytes(std::path::Path::new(&shard), bytes.to_vec())?;
+        let bad = |message: String| CheckpointError::Piece {
+            shard: shard.clone(),
+            message,
+        };
         for name in f.names() {
             let (base, lo, hi) = match name.split_once('@') {
                 Some((b, r)) => {
-                    let (a, z) = r.split_once(':').ok_or_else(|| {
-                        CheckpointError(format!("{}: bad piece name {name}", loc.display()))
-                    })?;
-                    let parse = |x: &str| {
-                        x.parse::<u64>().map_err(|_| {
-                            CheckpointError(format!("{}: bad piece name {name}", loc.display()))
-                        })
-                    };
-                    (b.to_string(), parse(a)?, parse(z)?)
+                    let range = r
+                        .split_once(':')
+                        .and_then(|(a, z)| Some((a.parse::<u64>().ok()?, z.parse::<u64>().ok()?)));
+                    let (a, z) = range.ok_or_else(|| bad(format!("bad piece name {name}")))?;
+                    (b.to_string(), a, z)
                 }
                 None => (
                     name.clone(),
@@ -226,22 +250,13 @@ pub fn read_state(dir: &Location, m: &Manifest) -> Result<Vec<f32>, CheckpointEr
                     by_name.get(name.as_str()).map_or(0, |t| t.numel()),
                 ),
             };
-            let t = by_name.get(base.as_str()).ok_or_else(|| {
-                CheckpointError(format!(
-                    "{}: tensor {base} is not in the manifest",
-                    loc.display()
-                ))
-            })?;
-            let shape = f.shape(&name).map_err(|e| CheckpointError(e.to_string()))?;
-            let v = f
-                .get_f32(&name, &shape)
-                .map_err(|e| CheckpointError(e.to_string()))?;
+            let t = by_name
+                .get(base.as_str())
+                .ok_or_else(|| bad(format!("tensor {base} is not in the manifest")))?;
+            let shape = f.shape(&name)?;
+            let v = f.get_f32(&name, &shape)?;
             if v.len() as u64 != hi - lo || hi > t.numel() {
-                return Err(CheckpointError(format!(
-                    "{}: piece {name} has {} elements",
-                    loc.display(),
-                    v.len()
-                )));
+                return Err(bad(format!("piece {name} has {} elements", v.len())));
             }
             let at = (t.offset + lo) as usize;
             out[at..at + v.len()].copy_from_slice(&v);
@@ -335,7 +350,7 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         std::fs::write(&p, b).unwrap();
-        let e = read_state(&dir, &m).unwrap_err().0;
+        let e = read_state(&dir, &m).unwrap_err().to_string();
         assert!(
             e.contains("shard-00001-of-00002.safetensors")
                 && e.contains("hash mismatch")

@@ -11,6 +11,10 @@
 //!
 //! Every read and write has the configured timeout: a peer that vanishes or freezes becomes an
 //! error naming it, never a hang.
+//!
+//! The phase boundaries of an all-reduce (before each reduce-scatter and all-gather exchange,
+//! after the last) are where the crash tests strike (`ELF_FAILPOINT_RING`): a peer lost there
+//! leaves some survivors with the full sum and others without it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,9 +24,70 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A collective failure, naming the peer.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CollectiveError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    /// The next rank could not be dialled before the timeout.
+    #[error("cannot reach {peer}: {source}")]
+    Unreachable {
+        /// The peer.
+        peer: String,
+        /// The last connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The previous rank did not dial in before the timeout.
+    #[error("{peer} did not connect within {ms} ms")]
+    NoDialIn {
+        /// The peer.
+        peer: String,
+        /// The timeout.
+        ms: u128,
+    },
+    /// The handshake with a peer failed.
+    #[error("{peer}: handshake failed: {source}")]
+    Handshake {
+        /// The peer.
+        peer: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A peer closed its connection mid-collective.
+    #[error("{peer} closed the connection during all-reduce")]
+    Closed {
+        /// The peer.
+        peer: String,
+    },
+    /// A peer sent nothing for the collective timeout.
+    #[error("{peer} sent nothing before the collective timeout during all-reduce")]
+    Timeout {
+        /// The peer.
+        peer: String,
+    },
+    /// Another IO error talking to a peer.
+    #[error("{peer}: {source} during all-reduce")]
+    Io {
+        /// The peer.
+        peer: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Setting up the ring's sockets or threads failed.
+    #[error("ring setup: {0}")]
+    Setup(#[source] std::io::Error),
+}
+
+impl CollectiveError {
+    fn read(peer: &str, e: std::io::Error) -> Self {
+        let peer = peer.to_string();
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Self::Closed { peer },
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Self::Timeout { peer },
+            _ => Self::Io { peer, source: e },
+        }
+    }
+}
 
 /// What one all-reduce cost.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -34,7 +99,7 @@ pub struct Traffic {
 }
 
 /// A group of ranks that sum buffers together.
-pub trait Collective: Send {
+pub trait Collective: Send + std::fmt::Debug {
     /// Returns this process's rank.
     fn rank(&self) -> usize;
     /// Returns the number of ranks.
@@ -49,6 +114,8 @@ pub trait Collective: Send {
     /// # Errors
     /// As [`Collective::all_reduce_sum`].
     fn all_reduce_sum_f64(&mut self, v: &mut [f64]) -> Result<(), CollectiveError>;
+    /// Arms a test fault at a phase boundary of the next all-reduces (`None` disarms).
+    fn arm(&mut self, _fault: Option<elf_shared::failpoint::RingFault>) {}
 }
 
 /// The trivial group of one.
@@ -82,10 +149,12 @@ pub struct Ring {
     next_name: String,
     tx: Option<SyncSender<Vec<u8>>>,
     sender: Option<JoinHandle<()>>,
-    send_error: Arc<Mutex<Option<String>>>,
+    send_error: Arc<Mutex<Option<CollectiveError>>>,
     bucket: usize,
     scratch: Vec<f32>,
     aborter: Aborter,
+    /// A test fault and the phase boundaries passed since it was armed.
+    fault: Option<(elf_shared::failpoint::RingFault, usize)>,
 }
 
 /// Aborts a ring from another thread: shuts its sockets down, so a rank blocked on a frozen
@@ -134,7 +203,12 @@ impl Ring {
                     tracing::debug!(error = %e, "dialling {next_name}");
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => return Err(CollectiveError(format!("cannot reach {next_name}: {e}"))),
+                Err(source) => {
+                    return Err(CollectiveError::Unreachable {
+                        peer: next_name,
+                        source,
+                    });
+                }
             }
         };
         let mut hello = Vec::with_capacity(16);
@@ -142,18 +216,20 @@ impl Ring {
         hello.extend_from_slice(&quorum.to_le_bytes());
         hello.extend_from_slice(&(rank as u32).to_le_bytes());
         out.write_all(&hello)
-            .map_err(|e| CollectiveError(format!("{next_name}: handshake failed: {e}")))?;
+            .map_err(|source| CollectiveError::Handshake {
+                peer: next_name.clone(),
+                source,
+            })?;
         // Accept the previous rank; ignore anything else (stale dialers of an old quorum).
         listener
             .set_nonblocking(true)
-            .map_err(|e| CollectiveError(e.to_string()))?;
+            .map_err(CollectiveError::Setup)?;
         let inbound = loop {
             match listener.accept() {
                 Ok((mut s, _)) => {
-                    s.set_nonblocking(false)
-                        .map_err(|e| CollectiveError(e.to_string()))?;
+                    s.set_nonblocking(false).map_err(CollectiveError::Setup)?;
                     s.set_read_timeout(Some(timeout))
-                        .map_err(|e| CollectiveError(e.to_string()))?;
+                        .map_err(CollectiveError::Setup)?;
                     let mut h = [0u8; 16];
                     if s.read_exact(&mut h).is_ok()
                         && &h[..4] == MAGIC
@@ -169,27 +245,31 @@ impl Ring {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    return Err(CollectiveError(format!(
-                        "{prev_name} did not connect within {} ms",
-                        timeout.as_millis()
-                    )));
+                    return Err(CollectiveError::NoDialIn {
+                        peer: prev_name,
+                        ms: timeout.as_millis(),
+                    });
                 }
-                Err(e) => return Err(CollectiveError(format!("accepting {prev_name}: {e}"))),
+                Err(source) => {
+                    return Err(CollectiveError::Io {
+                        peer: prev_name,
+                        source,
+                    });
+                }
             }
         };
         for s in [&out, &inbound] {
-            s.set_nodelay(true)
-                .map_err(|e| CollectiveError(e.to_string()))?;
+            s.set_nodelay(true).map_err(CollectiveError::Setup)?;
             s.set_read_timeout(Some(timeout))
-                .map_err(|e| CollectiveError(e.to_string()))?;
+                .map_err(CollectiveError::Setup)?;
             s.set_write_timeout(Some(timeout))
-                .map_err(|e| CollectiveError(e.to_string()))?;
+                .map_err(CollectiveError::Setup)?;
         }
         let clones = [&out, &inbound]
             .iter()
             .map(|s| s.try_clone())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CollectiveError(e.to_string()))?;
+            .map_err(CollectiveError::Setup)?;
         let aborter = Aborter(Arc::new(clones));
         let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(4);
         let send_error = Arc::new(Mutex::new(None));
@@ -199,14 +279,14 @@ impl Ring {
             .name("elf-ring-send".into())
             .spawn(move || {
                 for msg in rx {
-                    if let Err(e) = out.write_all(&msg) {
+                    if let Err(source) = out.write_all(&msg) {
                         *err.lock().expect("error lock") =
-                            Some(format!("{name}: send failed: {e}"));
+                            Some(CollectiveError::Io { peer: name, source });
                         return;
                     }
                 }
             })
-            .map_err(|e| CollectiveError(e.to_string()))?;
+            .map_err(CollectiveError::Setup)?;
         Ok(Self {
             rank,
             world,
@@ -219,18 +299,31 @@ impl Ring {
             bucket: (bucket_bytes / 4).max(world),
             scratch: vec![],
             aborter,
+            fault: None,
         })
     }
 
     fn send(&self, bytes: Vec<u8>) -> Result<(), CollectiveError> {
-        if let Some(e) = self.send_error.lock().expect("error lock").clone() {
-            return Err(CollectiveError(e));
+        if let Some(e) = self.send_error.lock().expect("error lock").take() {
+            return Err(e);
         }
         self.tx
             .as_ref()
             .expect("sender alive")
             .send(bytes)
-            .map_err(|_| CollectiveError(format!("{}: the sender stopped", self.next_name)))
+            .map_err(|_| CollectiveError::Closed {
+                peer: self.next_name.clone(),
+            })
+    }
+
+    /// Marks a phase boundary: strikes an armed test fault when its boundary is reached.
+    fn boundary(&mut self) {
+        if let Some((fault, passed)) = &mut self.fault {
+            if *passed == fault.boundary {
+                fault.strike();
+            }
+            *passed += 1;
+        }
     }
 
     /// Reads `n` floats from the previous rank into the scratch buffer.
@@ -239,16 +332,7 @@ impl Ring {
         // Little-endian on the wire; every target we build for is little-endian.
         self.prev
             .read_exact(bytemuck::cast_slice_mut(&mut self.scratch))
-            .map_err(|e| {
-                let what = match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => "closed the connection".to_string(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                        "sent nothing before the collective timeout".to_string()
-                    }
-                    _ => e.to_string(),
-                };
-                CollectiveError(format!("{} {what} during all-reduce", self.prev_name))
-            })?;
+            .map_err(|e| CollectiveError::read(&self.prev_name, e))?;
         Ok(&self.scratch)
     }
 }
@@ -277,6 +361,7 @@ impl Collective for Ring {
             let len = b.len();
             let chunk = |i: usize| (i * len / w)..((i + 1) * len / w);
             for k in 0..w - 1 {
+                self.boundary();
                 let (si, ri) = ((r + w - k) % w, (r + 2 * w - k - 1) % w);
                 let bytes = to_bytes(&b[chunk(si)]);
                 sent += bytes.len() as u64;
@@ -288,6 +373,7 @@ impl Collective for Ring {
                 }
             }
             for k in 0..w - 1 {
+                self.boundary();
                 let (si, ri) = ((r + 1 + w - k) % w, (r + w - k) % w);
                 let bytes = to_bytes(&b[chunk(si)]);
                 sent += bytes.len() as u64;
@@ -298,6 +384,7 @@ impl Collective for Ring {
             }
             start = end;
         }
+        self.boundary();
         Ok(Traffic {
             bytes_sent: sent,
             seconds: t0.elapsed().as_secs_f64(),
@@ -311,6 +398,7 @@ impl Collective for Ring {
         // Pass every rank's values around the ring, then sum in rank order.
         let mut holding = r;
         for _ in 0..w - 1 {
+            self.boundary();
             let mut msg = Vec::with_capacity(n * 8);
             for x in &all[holding] {
                 msg.extend_from_slice(&x.to_le_bytes());
@@ -325,7 +413,12 @@ impl Collective for Ring {
         for (i, x) in v.iter_mut().enumerate() {
             *x = all.iter().map(|a| a[i]).sum();
         }
+        self.boundary();
         Ok(())
+    }
+
+    fn arm(&mut self, fault: Option<elf_shared::failpoint::RingFault>) {
+        self.fault = fault.map(|f| (f, 0));
     }
 }
 
@@ -425,7 +518,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r0 = rings.remove(0);
         let mut buf = vec![1.0f32; 10_000];
-        let e = r0.all_reduce_sum(&mut buf).unwrap_err().0;
+        let e = r0.all_reduce_sum(&mut buf).unwrap_err().to_string();
         assert!(e.contains("peer rank 2"), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(5));
     }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
-use elf_data::collate::Collator;
-use elf_data::tokenizer::TextTokenizer;
-use elf_data::{Dataset, Row, open_dataset};
+use elf_dataset::collate::Collator;
+use elf_dataset::tokenizer::TextTokenizer;
+use elf_dataset::{Dataset, Row, open_dataset};
 use elf_model::elf::Elf;
 use elf_model::gpt2::Gpt2;
 use elf_model::metrics::{bleu, entropy, perplexity, rouge};
@@ -18,8 +18,8 @@ use elf_shared::config::{Config, ResolvedConfig, SamplingConfig};
 use elf_shared::manifest::Manifest;
 
 use crate::generate::{generate, sweep};
-use crate::setup::load_encoder;
-use crate::trainer::Trainer;
+
+use crate::replica::{Replica, load_encoder};
 
 /// A checkpoint ready to sample from: its config, the EMA network and the frozen encoder.
 pub struct Loaded<B: AutodiffBackend> {
@@ -44,8 +44,8 @@ pub struct Loaded<B: AutodiffBackend> {
 /// No manifest (the step was never committed), a shard with a wrong hash, a config that no
 /// longer resolves.
 pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result<Loaded<B>> {
-    let dir = elf_data::checkpoints::folder(url)?;
-    let manifest = elf_data::checkpoints::read_manifest(&dir)?;
+    let dir = elf_store::checkpoints::folder(url)?;
+    let manifest = elf_store::checkpoints::read_manifest(&dir)?;
     let rc = Config::from_yaml(
         &manifest.config_yaml,
         &format!("{} (manifest config)", dir.display()),
@@ -59,7 +59,7 @@ pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result
     )?);
     let vocab = tokenizer.vocab_size();
     let encoder = load_encoder::<B::InnerBackend>(&rc, device)?;
-    let mut tr = Trainer::<B>::new(c.clone(), encoder, vocab, device.clone());
+    let mut tr = Replica::<B>::new(c.clone(), encoder, vocab, device.clone());
     let state = crate::checkpoint::read_state(&dir, &manifest)?;
     tr.restore(&manifest.tensors, &state, manifest.optimizer_count)?;
     let collator = Collator::from_config(c, vocab);
@@ -140,8 +140,7 @@ pub fn sample_all<B: AutodiffBackend>(
             spec,
             (seed, b as u64),
             device,
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
         for (k, tokens) in ids.into_iter().enumerate() {
             let row = rows.map(|r| &r[k]);
             out.push(Generated {
@@ -228,34 +227,7 @@ impl<B: burn::tensor::backend::Backend> Scorer<B> {
     }
 }
 
-/// Metrics of one sampling spec.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct EvalResult {
-    /// The spec's run name (spec §6.5).
-    pub run: String,
-    /// Samples: the rows scored (conditional), or the samples generated (unconditional; the
-    /// empty ones are left out of perplexity, spec §6.2).
-    pub samples: usize,
-    /// Generative perplexity (unconditional, with a scorer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ppl: Option<f64>,
-    /// Mean unigram entropy of the GPT-2 ids (unconditional, with a scorer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mean_entropy: Option<f64>,
-    /// Corpus BLEU (conditional).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bleu: Option<f64>,
-    /// Mean ROUGE-1 F1 × 100 (conditional).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rouge1: Option<f64>,
-    /// Mean ROUGE-2 F1 × 100 (conditional).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rouge2: Option<f64>,
-    /// Mean ROUGE-L F1 × 100 (conditional).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "rougeL")]
-    pub rouge_l: Option<f64>,
-}
+pub use elf_shared::messages::EvalResult;
 
 /// Scores generations: BLEU and ROUGE against the references when there are any, else
 /// generative perplexity and entropy with the scorer (spec §6.2–6.4).

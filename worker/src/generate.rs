@@ -11,8 +11,8 @@ use elf_model::sampler::{
 use elf_model::t5::T5Encoder;
 use elf_shared::config::{Config, SamplingConfig};
 
-use elf_data::Row;
-use elf_data::collate::Collator;
+use elf_dataset::Row;
+use elf_dataset::collate::{CollateError, Collator};
 
 /// The EOS id of the T5 vocabulary.
 pub const EOS: i64 = 1;
@@ -66,7 +66,7 @@ pub fn generate<B: Backend>(
     spec: &SampleSpec,
     key: (u64, u64),
     device: &B::Device,
-) -> Result<Vec<Vec<u32>>, String> {
+) -> Result<Vec<Vec<u32>>, CollateError> {
     let s = c.max_length;
     let e = c.encoder.d_model;
     let p = flow_params(c);

@@ -1,465 +1,257 @@
-//! One replica's training state and its two halves of a step: gradients of a rank's
-//! micro-batches, then (after the caller has summed gradients across ranks) clipping, the
-//! optimiser, and the EMA.
+//! The worker process: a [`Trainer`] drives a [`Replica`] through the coordinator's
+//! directives. Its loop ([`Trainer::train`]) fits on one screen; each part it calls is a
+//! component of its own: the session ([`crate::session`]), the step ([`crate::step`]), the
+//! saver ([`crate::saver`]), eval jobs ([`crate::evaluator`]), state copies
+//! ([`crate::transfer`]) and the end of a run ([`crate::outputs`]).
 //!
-//! Gradients leave the model as one flat host buffer in module order, which is what the
-//! collectives reduce and what global-norm clipping needs (burn's clipping is per tensor).
+//! When the coordinator is lost mid-run, [`run`] reconnects with backoff, registers again and
+//! starts a new trainer from the checkpoint the (restarted) coordinator names: no state is
+//! trusted across coordinators but the committed checkpoint.
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use elf_model::dims::ElfDims;
-use elf_model::elf::Elf;
-use elf_model::nn::{tensor, to_vec};
-use elf_model::objective::{Branch, ObjectiveParams, decoder_loss, denoiser_loss, encode};
-use elf_model::optim::{Optimizer, clip_global_norm, ema_update};
-use elf_model::t5::T5Encoder;
-use elf_model::weights::{flat_params, map_params, param_infos};
-use elf_shared::config::Config;
-use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::batch::MicroBatch;
+use anyhow::bail;
+use burn::tensor::backend::AutodiffBackend;
+use elf_shared::ids::{Step, WorkerId};
+use elf_shared::messages::{Directive, Role, StepOutcome, StepReport, TrainStep, TransferReport};
+use elf_store::Location;
 
-/// Loss parts of a rank's share of a step: sums of per-shard losses divided by the shard count,
-/// so summing them over ranks gives the reference's means.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct LossParts {
-    /// Mean over shards of the shard loss (this rank's part).
-    pub loss: f64,
-    /// CE shards' part of `loss`.
-    pub ce: f64,
-    /// L2 shards' part of `loss`.
-    pub l2: f64,
-}
+use crate::client::ClientError;
+use crate::data::TrainData;
+use crate::replica::{Replica, load_encoder};
+use crate::saver::Saver;
+use crate::session::{Session, WorkerOptions};
+use crate::step::StepRunner;
 
-impl LossParts {
-    /// Adds another rank's parts.
-    pub fn add(&mut self, o: &LossParts) {
-        self.loss += o.loss;
-        self.ce += o.ce;
-        self.l2 += o.l2;
-    }
-
-    /// Returns `(ce_loss, l2_loss)` rescaled by the nominal branch probabilities (spec §4.9).
-    pub fn rescaled(&self, decoder_prob: f64) -> (f64, f64) {
-        let ce = if decoder_prob > 0.0 {
-            self.ce / decoder_prob
-        } else {
-            0.0
-        };
-        let l2 = if decoder_prob < 1.0 {
-            self.l2 / (1.0 - decoder_prob)
-        } else {
-            0.0
-        };
-        (ce, l2)
-    }
-}
-
-/// What applying a step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Applied {
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate of the optimiser step (when one ran).
-    pub lr: f64,
-    /// Whether an optimiser step ran (false while accumulating `grad_accum_steps`).
-    pub stepped: bool,
-}
-
-/// A replica: live weights (autodiff), EMA weights, the frozen encoder and the optimiser.
+/// One session's training worker.
 #[derive(Debug)]
 pub struct Trainer<B: AutodiffBackend> {
-    /// The resolved config.
-    pub config: Config,
-    /// Live weights.
-    pub model: Elf<B>,
-    /// EMA weights (used for sampling).
-    pub ema: Elf<B::InnerBackend>,
-    /// The frozen encoder.
-    pub encoder: T5Encoder<B::InnerBackend>,
-    /// Optimiser state.
-    pub optimizer: Optimizer<B::InnerBackend>,
-    /// Parameter shapes in module order.
-    pub shapes: Vec<Vec<usize>>,
-    accum: Vec<f32>,
-    accum_count: usize,
-    params: ObjectiveParams,
+    session: Session,
+    worker: WorkerId,
+    replica: Replica<B>,
+    data: TrainData,
+    runner: StepRunner,
+    saver: Saver,
+    run_dir: PathBuf,
     device: B::Device,
 }
 
-struct GradCollector<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
-    out: Vec<Tensor<B::InnerBackend, 1>>,
-    device: B::Device,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradCollector<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let t = param.val();
-        let n = t.shape().num_elements();
-        let g = match t.grad(self.grads) {
-            Some(g) => g.reshape([n]),
-            None => Tensor::zeros([n], &self.device),
-        };
-        self.out.push(g);
+/// Runs a worker until the coordinator says the run is done, reconnecting to a coordinator
+/// lost mid-run for `reconnect_timeout`.
+///
+/// # Errors
+/// An unreachable coordinator, a refused registration, a config that does not hash to what the
+/// coordinator sent, a failed step, or a stop from the coordinator.
+pub fn run<B: AutodiffBackend>(opts: WorkerOptions, device: B::Device) -> anyhow::Result<()> {
+    let mut timeout = opts.connect_timeout;
+    loop {
+        match session::<B>(&opts, device.clone(), timeout) {
+            Err(e)
+                if e.downcast_ref::<ClientError>()
+                    .is_some_and(ClientError::is_retriable) =>
+            {
+                tracing::warn!(error = %e, "lost the coordinator; reconnecting");
+                timeout = opts.reconnect_timeout;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            r => return r,
+        }
     }
+}
+
+fn session<B: AutodiffBackend>(
+    opts: &WorkerOptions,
+    device: B::Device,
+    connect_timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut session = Session::open(opts, connect_timeout)?;
+    if opts.role == Role::Eval {
+        return crate::evaluator::eval_worker::<B>(&mut session, &opts.worker_id, &device);
+    }
+    Trainer::<B>::new(session, opts.worker_id.clone(), device)?.train()
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// Builds a fresh replica: seeded ELF initialisation and the frozen encoder (`encoder` from
-    /// the config's checkpoint or a seeded random one).
-    pub fn new(
-        config: Config,
-        encoder: T5Encoder<B::InnerBackend>,
-        vocab: usize,
-        device: B::Device,
-    ) -> Self {
-        let dims = ElfDims::from_config(&config, vocab);
-        let model = Elf::<B>::init(&dims, config.seed, &device);
-        let ema = model.valid();
-        let shapes: Vec<Vec<usize>> = param_infos::<B, _>(&model)
-            .into_iter()
-            .map(|p| p.shape)
-            .collect();
-        let optimizer = Optimizer::new(&config, &shapes, &device);
-        let params = ObjectiveParams::from_config(&config);
-        Self {
-            config,
-            model,
-            ema,
-            encoder,
-            optimizer,
-            shapes,
-            accum: vec![],
-            accum_count: 0,
-            params,
-            device,
-        }
-    }
-
-    /// Returns the number of trainable scalars.
-    pub fn num_params(&self) -> usize {
-        self.shapes
-            .iter()
-            .map(|s| s.iter().product::<usize>())
-            .sum()
-    }
-
-    /// Computes the summed gradient and loss parts of this rank's micro-batches.
-    pub fn gradients(&self, micro: &[MicroBatch]) -> (Vec<f32>, LossParts) {
-        let mut total: Option<Vec<f32>> = None;
-        let mut parts = LossParts::default();
-        for mb in micro {
-            let x0 = encode(&self.encoder, &mb.batch, &self.params, &self.device);
-            let loss = match mb.branch {
-                Branch::Denoiser => {
-                    denoiser_loss(&self.model, x0, &mb.batch, &mb.draws, &self.params)
-                }
-                Branch::Decoder => {
-                    decoder_loss(&self.model, x0, &mb.batch, &mb.draws, &self.params)
-                }
-            };
-            let sum: f64 = loss.per_sample.iter().map(|&x| x as f64).sum();
-            parts.loss += sum;
-            match mb.branch {
-                Branch::Denoiser => parts.l2 += sum,
-                Branch::Decoder => parts.ce += sum,
-            }
-            let grads = loss.total.backward();
-            let mut col = GradCollector::<B> {
-                grads: &grads,
-                out: vec![],
-                device: self.device.clone(),
-            };
-            self.model.visit(&mut col);
-            let flat = to_vec(Tensor::cat(col.out, 0));
-            match &mut total {
-                Some(t) => t.iter_mut().zip(&flat).for_each(|(a, b)| *a += b),
-                None => total = Some(flat),
-            }
-        }
-        let total = total.unwrap_or_else(|| vec![0.0; self.num_params()]);
-        (total, parts)
-    }
-
-    /// Clips the (rank-summed) gradient, accumulates `grad_accum_steps` of them, and when due
-    /// runs the optimiser with learning rate `lr` and the EMA.
-    pub fn apply(&mut self, mut grads: Vec<f32>, lr: f64) -> Applied {
-        let grad_norm = clip_global_norm(&mut grads, 1.0);
-        let k = self.config.grad_accum_steps;
-        if k > 1 {
-            if self.accum.is_empty() {
-                self.accum = vec![0.0; grads.len()];
-            }
-            let inv = 1.0 / k as f32;
-            self.accum
-                .iter_mut()
-                .zip(&grads)
-                .for_each(|(a, g)| *a += g * inv);
-            self.accum_count += 1;
-            if self.accum_count < k {
-                return Applied {
-                    grad_norm,
-                    lr,
-                    stepped: false,
-                };
-            }
-            grads = std::mem::take(&mut self.accum);
-            self.accum_count = 0;
-        }
-        let mut off = 0;
-        let g: Vec<Tensor<B::InnerBackend, 1>> = self
-            .shapes
-            .iter()
-            .map(|s| {
-                let n: usize = s.iter().product();
-                off += n;
-                tensor(grads[off - n..off].to_vec(), [n], &self.device)
-            })
-            .collect();
-        let live = flat_params::<B::InnerBackend, _>(&self.model.valid());
-        let new = self.optimizer.step(live, g, lr);
-        let mut i = 0;
-        self.model = map_params(self.model.clone(), &mut |_, _, _| {
-            i += 1;
-            Tensor::from_inner(new[i - 1].clone())
-        });
-        let decay = self.config.ema_decay1;
-        let mut j = 0;
-        self.ema = map_params(self.ema.clone(), &mut |_, _, old| {
-            j += 1;
-            ema_update(old, new[j - 1].clone(), decay)
-        });
-        Applied {
-            grad_norm,
-            lr,
-            stepped: true,
-        }
-    }
-
-    /// Copies the whole training state to host memory as one flat vector with its index:
-    /// parameters, EMA, then the optimiser moments, each in module order.
-    pub fn snapshot(&self) -> (Vec<elf_shared::manifest::TensorEntry>, Vec<f32>) {
-        self.snapshot_range(0, u64::MAX, Vec::new())
-    }
-
-    /// The number of elements of the flat training state (parameters, EMA, optimiser moments).
-    pub fn state_numel(&self) -> u64 {
-        let params: usize = param_infos::<B, _>(&self.model)
-            .iter()
-            .map(|i| i.shape.iter().product::<usize>())
-            .sum();
-        let moments: usize = self
-            .optimizer
-            .states
-            .iter()
-            .map(|st| st.mu.dims()[0] + st.nu.as_ref().map_or(0, |nu| nu.dims()[0]))
-            .sum();
-        (2 * params + moments) as u64
-    }
-
-    /// The index of the whole flat state and a copy of its elements `[start, end)` (clamped to
-    /// the state's size): what one rank of a sharded save needs, and nothing more. The copy
-    /// goes into `buf` (cleared first): recycling the buffer of the previous save spares the
-    /// page faults of a fresh allocation, which cost far more than the copy itself.
-    pub fn snapshot_range(
-        &self,
-        start: u64,
-        end: u64,
-        mut buf: Vec<f32>,
-    ) -> (Vec<elf_shared::manifest::TensorEntry>, Vec<f32>) {
-        use elf_shared::manifest::TensorEntry;
-        let infos = param_infos::<B, _>(&self.model);
-        let model = self.model.valid();
-        type Named<'a, I> = (String, &'a [usize], Option<burn::Tensor<I, 1>>);
-        let mut tensors: Vec<Named<'_, B::InnerBackend>> = Vec::new();
-        let params = flat_params::<B::InnerBackend, _>(&model);
-        let ema = flat_params::<B::InnerBackend, _>(&self.ema);
-        for (info, t) in infos.iter().zip(params) {
-            tensors.push((format!("params/{}", info.name), &info.shape, Some(t)));
-        }
-        for (info, t) in infos.iter().zip(ema) {
-            tensors.push((format!("ema/{}", info.name), &info.shape, Some(t)));
-        }
-        for (info, st) in infos.iter().zip(&self.optimizer.states) {
-            let mu = st.mu.clone();
-            tensors.push((format!("opt_mu/{}", info.name), &info.shape, Some(mu)));
-            if let Some(nu) = &st.nu {
-                let nu = nu.clone();
-                tensors.push((format!("opt_nu/{}", info.name), &info.shape, Some(nu)));
-            }
-        }
-        let mut entries = Vec::with_capacity(tensors.len());
-        let mut offset = 0u64;
-        for (name, shape, _) in &tensors {
-            entries.push(TensorEntry {
-                name: name.clone(),
-                shape: shape.to_vec(),
-                offset,
-            });
-            offset += shape.iter().product::<usize>() as u64;
-        }
-        let (start, end) = (start.min(offset), end.min(offset));
-        // One exact allocation, one copy per tensor straight from the backend's buffer.
-        buf.clear();
-        buf.reserve_exact((end - start) as usize);
-        let mut data = buf;
-        for (e, (_, _, t)) in entries.iter().zip(&mut tensors) {
-            let (a, b) = (e.offset, e.offset + e.numel());
-            let (lo, hi) = (a.max(start), b.min(end));
-            if lo >= hi {
-                continue;
-            }
-            let host = t.take().expect("each tensor is copied once").into_data();
-            let v = host.as_slice::<f32>().expect("float state is f32");
-            data.extend_from_slice(&v[(lo - a) as usize..(hi - a) as usize]);
-        }
-        (entries, data)
-    }
-
-    /// Replaces the training state by a snapshot (possibly written at another world size).
+    /// Builds the replica of the session's config (from the checkpoint the coordinator names,
+    /// if any), its data, step runner and saver.
     ///
     /// # Errors
-    /// A tensor of this model missing from the snapshot or of another shape.
-    pub fn restore(
-        &mut self,
-        entries: &[elf_shared::manifest::TensorEntry],
-        data: &[f32],
-        optimizer_count: u64,
-    ) -> anyhow::Result<()> {
-        let index: std::collections::HashMap<&str, &elf_shared::manifest::TensorEntry> =
-            entries.iter().map(|e| (e.name.as_str(), e)).collect();
-        let get = |name: &str, shape: &[usize]| -> anyhow::Result<Vec<f32>> {
-            let e = index
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor {name}"))?;
-            anyhow::ensure!(
-                e.shape == shape,
-                "checkpoint tensor {name} has shape {:?}, the model needs {shape:?}",
-                e.shape
-            );
-            Ok(data[e.offset as usize..(e.offset + e.numel()) as usize].to_vec())
-        };
-        let infos = param_infos::<B, _>(&self.model);
-        let mut live = Vec::with_capacity(infos.len());
-        let mut ema = Vec::with_capacity(infos.len());
-        for info in &infos {
-            live.push(get(&format!("params/{}", info.name), &info.shape)?);
-            ema.push(get(&format!("ema/{}", info.name), &info.shape)?);
+    /// Unreadable data, encoder or checkpoint.
+    pub fn new(session: Session, worker: WorkerId, device: B::Device) -> anyhow::Result<Self> {
+        let rc = session.rc.clone();
+        let c = &rc.config;
+        let data = TrainData::open(&rc)?;
+        let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
+        let mut replica = Replica::<B>::new(c.clone(), encoder, data.vocab, device.clone());
+        if let Some(url) = &session.admission.resume_from {
+            let dir = Location::parse(url)?;
+            let m = elf_store::checkpoints::read_manifest(&dir)?;
+            let state = crate::checkpoint::read_state(&dir, &m)?;
+            replica.restore(&m.tensors, &state, m.optimizer_count)?;
+            tracing::info!(checkpoint = %url, step = m.step, written_by = m.world_size, "state loaded");
         }
-        for (info, st) in infos.iter().zip(self.optimizer.states.iter_mut()) {
-            let n = st.mu.dims()[0];
-            st.mu = tensor(
-                get(&format!("opt_mu/{}", info.name), &info.shape)?,
-                [n],
-                &self.device,
-            );
-            if st.nu.is_some() {
-                st.nu = Some(tensor(
-                    get(&format!("opt_nu/{}", info.name), &info.shape)?,
-                    [n],
+        let share = replica
+            .state_numel()
+            .div_ceil(c.cluster.workers.max(1) as u64) as usize;
+        let saver = Saver::new(
+            c.checkpoint.interval_steps > 0 || c.checkpoint.save_final,
+            share,
+            session.client.clone(),
+            session.rt.handle().clone(),
+            worker.clone(),
+            c.checkpoint.upload_retries,
+        );
+        Ok(Self {
+            runner: StepRunner::new(c, session.ring.clone()),
+            run_dir: PathBuf::from(&session.admission.run_dir),
+            session,
+            worker,
+            replica,
+            data,
+            saver,
+            device,
+        })
+    }
+
+    /// The directive loop: ask, do, report, until the run is done.
+    ///
+    /// # Errors
+    /// A lost coordinator (the caller reconnects), a refused report, a failed step, a stop.
+    pub fn train(mut self) -> anyhow::Result<()> {
+        let mut after: Option<Step> = None;
+        loop {
+            let d = self
+                .session
+                .rt
+                .block_on(self.session.client.next_directive(&self.worker, after))?;
+            match d {
+                Directive::Wait { .. } => {}
+                Directive::Train(t) => {
+                    if self.train_step(&t)? {
+                        after = Some(t.step);
+                    }
+                }
+                Directive::Eval(job) => crate::evaluator::run_and_report::<B>(
+                    &mut self.session,
+                    &self.worker,
+                    &job,
+                    &self.run_dir,
                     &self.device,
-                ));
+                ),
+                Directive::SendState { step, to } => {
+                    let (tensors, data) = self.replica.snapshot();
+                    let count = self.replica.optimizer.count;
+                    let timeout = self.runner.timeout();
+                    let sent = crate::transfer::send(&to, step.0, &tensors, &data, count, timeout);
+                    self.report_transfer(step, true, sent.err().map(|e| e.to_string()))?;
+                }
+                Directive::ReceiveState { step, from } => {
+                    if self.receive_state(step, &from)? {
+                        after = step.previous();
+                    }
+                }
+                Directive::Done {
+                    steps,
+                    write_outputs,
+                } => {
+                    tracing::info!(steps, "run complete");
+                    self.saver.wait();
+                    if write_outputs {
+                        crate::outputs::write_final(
+                            &self.replica,
+                            &self.data,
+                            &self.run_dir,
+                            &self.device,
+                        )?;
+                    }
+                    return Ok(());
+                }
+                Directive::Stop { reason } => bail!("stopped by the coordinator: {reason}"),
             }
         }
-        self.optimizer.count = optimizer_count;
-        let mut i = 0;
-        self.model = map_params(self.model.clone(), &mut |_, _, _| {
-            i += 1;
-            let v = live[i - 1].clone();
-            let n = v.len();
-            Tensor::from_inner(tensor(v, [n], &self.device))
-        });
-        let mut j = 0;
-        self.ema = map_params(self.ema.clone(), &mut |_, _, _| {
-            j += 1;
-            let v = ema[j - 1].clone();
-            let n = v.len();
-            tensor(v, [n], &self.device)
-        });
-        Ok(())
     }
 
-    /// Returns the sha256 of the live parameters' bytes (equal on every replica at every step).
-    pub fn param_digest(&self) -> String {
-        digest::<B::InnerBackend, _>(&self.model.valid())
-    }
-}
-
-/// Returns the sha256 of a module's parameters in module order, as hex.
-pub fn digest<B: Backend, M: Module<B>>(m: &M) -> String {
-    let mut h = Sha256::new();
-    for t in flat_params::<B, M>(m) {
-        for v in to_vec(t) {
-            h.update(v.to_le_bytes());
+    /// Trains, saves and reports step `t`; returns whether it was applied.
+    fn train_step(&mut self, t: &TrainStep) -> anyhow::Result<bool> {
+        let listener = &self.session.listener;
+        let (outcome, timings) = self.runner.run(t, &mut self.replica, &self.data, listener);
+        let applied = matches!(outcome, StepOutcome::Applied(_));
+        if applied {
+            if let Some(dir) = &t.save_to {
+                let metrics = &self.session.metrics;
+                self.saver.save(&self.replica, t, dir, metrics);
+            }
+            let tokens = t.rows.len() * self.replica.config.max_length;
+            self.session.metrics.on_step(t.step.0, &timings, tokens);
         }
-    }
-    hex::encode(h.finalize())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use elf_model::backend::CpuTrain;
-    use elf_shared::config::{EncoderDims, ModelDims};
-
-    fn trainer(accum: usize) -> Trainer<CpuTrain> {
-        let c = Config {
-            grad_accum_steps: accum,
-            max_length: 4,
-            bottleneck_dim: 4,
-            encoder: EncoderDims {
-                vocab_size: 16,
-                d_model: 8,
-                d_kv: 4,
-                num_heads: 2,
-                d_ff: 8,
-                num_layers: 1,
-                ..EncoderDims::default()
-            },
-            model_dims: Some(ModelDims {
-                hidden: 8,
-                depth: 1,
-                heads: 2,
-                mlp_ratio: 4.0,
-            }),
-            ema_decay1: 0.5,
-            ..Config::default()
+        let failure = match &outcome {
+            StepOutcome::Failed { error } => Some(error.clone()),
+            _ => None,
         };
-        let device = Default::default();
-        let enc = T5Encoder::random(&c.encoder, &device);
-        Trainer::new(c, enc, 16, device)
+        let report = StepReport {
+            worker: self.worker.clone(),
+            step: t.step,
+            quorum: t.quorum,
+            rank: t.rank,
+            outcome,
+            timings,
+        };
+        self.session
+            .rt
+            .block_on(self.session.client.report_step(report))?;
+        if let Some(error) = failure {
+            bail!("step {} failed: {error}", t.step);
+        }
+        Ok(applied)
     }
 
-    #[test]
-    fn accumulation_averages_gradients_and_steps_optimizer_and_ema_once() {
-        let mut a = trainer(2);
-        let mut b = trainer(1);
-        let n = a.num_params();
-        // Small gradients: clipping (norm < 1) leaves them unchanged.
-        let g1: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 1e-5).collect();
-        let g2: Vec<f32> = (0..n).map(|i| ((i % 5) as f32 - 2.0) * 2e-5).collect();
-        let (p0, e0) = (
-            a.param_digest(),
-            digest::<elf_model::backend::Cpu, _>(&a.ema),
-        );
-        let first = a.apply(g1.clone(), 0.01);
-        assert!(!first.stepped);
-        assert_eq!(a.param_digest(), p0, "no update before the k-th micro step");
-        assert_eq!(
-            digest::<elf_model::backend::Cpu, _>(&a.ema),
-            e0,
-            "EMA moves on optimiser steps only"
-        );
-        assert!(a.apply(g2.clone(), 0.01).stepped);
-        let avg: Vec<f32> = g1.iter().zip(&g2).map(|(x, y)| x * 0.5 + y * 0.5).collect();
-        assert!(b.apply(avg, 0.01).stepped);
-        assert_eq!(a.param_digest(), b.param_digest());
-        assert_eq!(
-            digest::<elf_model::backend::Cpu, _>(&a.ema),
-            digest::<elf_model::backend::Cpu, _>(&b.ema)
-        );
-        assert_ne!(a.param_digest(), p0);
+    /// Loads the state a donor sends for `step`; returns whether it was loaded.
+    fn receive_state(&mut self, step: Step, from: &str) -> anyhow::Result<bool> {
+        let timeout = self.runner.timeout();
+        let error = match crate::transfer::receive(&self.session.listener, step.0, timeout) {
+            Ok(st) => self
+                .replica
+                .restore(&st.tensors, &st.data, st.optimizer_count)
+                .err()
+                .map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        let ok = error.is_none();
+        if ok {
+            tracing::info!(step = step.0, donor = %from, "state copied");
+            // The ring belonged to the state this worker no longer holds.
+            self.runner.forget_ring();
+        }
+        self.report_transfer(step, false, error)?;
+        Ok(ok)
+    }
+
+    fn report_transfer(
+        &mut self,
+        step: Step,
+        sender: bool,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        if let Some(e) = &error {
+            tracing::warn!(step = step.0, sender, error = %e, "state copy failed");
+        }
+        let report = TransferReport {
+            worker: self.worker.clone(),
+            step,
+            sender,
+            error,
+        };
+        match self
+            .session
+            .rt
+            .block_on(self.session.client.report_transfer(report))
+        {
+            Err(e) if !e.is_retriable() => {
+                tracing::warn!(error = %e, "the state copy report was refused");
+                Ok(())
+            }
+            r => Ok(r?),
+        }
     }
 }

@@ -12,6 +12,59 @@ use elf_shared::manifest::TensorEntry;
 
 const MAGIC: &[u8; 4] = b"ELFS";
 
+/// A state copy that failed, naming the other side.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The joiner could not be reached before the timeout.
+    #[error("joiner {addr}: cannot connect: {source}")]
+    Connect {
+        /// The joiner's address.
+        addr: String,
+        /// The last connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// IO with the other side failed.
+    #[error("{side} {addr}: {source}")]
+    Io {
+        /// `joiner` or `donor`.
+        side: &'static str,
+        /// Its address.
+        addr: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No donor connected before the timeout.
+    #[error("no donor connected within {ms} ms")]
+    NoDonor {
+        /// The timeout.
+        ms: u128,
+    },
+    /// The donor sent another step's state.
+    #[error("donor {addr} sent the state of step {got}, expected {want}")]
+    WrongStep {
+        /// The donor.
+        addr: String,
+        /// The step sent.
+        got: u64,
+        /// The step expected.
+        want: u64,
+    },
+    /// The donor's tensor index does not parse.
+    #[error("donor {addr}: bad tensor index: {source}")]
+    BadIndex {
+        /// The donor.
+        addr: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Setting up the listener failed.
+    #[error("state copy setup: {0}")]
+    Setup(#[source] std::io::Error),
+}
+
 /// A received state.
 #[derive(Debug)]
 pub struct State {
@@ -34,16 +87,25 @@ pub fn send(
     data: &[f32],
     optimizer_count: u64,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), TransferError> {
     let deadline = Instant::now() + timeout;
     let mut s = loop {
         match TcpStream::connect(addr) {
             Ok(s) => break s,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("joiner {addr}: cannot connect: {e}")),
+            Err(source) => {
+                return Err(TransferError::Connect {
+                    addr: addr.into(),
+                    source,
+                });
+            }
         }
     };
-    let io = |e: std::io::Error| format!("joiner {addr}: {e}");
+    let io = |source: std::io::Error| TransferError::Io {
+        side: "joiner",
+        addr: addr.into(),
+        source,
+    };
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     let index = serde_json::to_vec(tensors).expect("index serialises");
     let mut head = Vec::with_capacity(36 + index.len());
@@ -65,36 +127,52 @@ pub fn send(
 ///
 /// # Errors
 /// No donor within `timeout`, or a truncated or mismatched stream.
-pub fn receive(listener: &TcpListener, step: u64, timeout: Duration) -> Result<State, String> {
+pub fn receive(
+    listener: &TcpListener,
+    step: u64,
+    timeout: Duration,
+) -> Result<State, TransferError> {
     let deadline = Instant::now() + timeout;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    listener
+        .set_nonblocking(true)
+        .map_err(TransferError::Setup)?;
     loop {
         match listener.accept() {
             Ok((mut s, peer)) => {
-                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                s.set_nonblocking(false).map_err(TransferError::Setup)?;
                 s.set_read_timeout(Some(timeout))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(TransferError::Setup)?;
                 let mut magic = [0u8; 4];
                 if s.read_exact(&mut magic).is_err() || &magic != MAGIC {
                     continue; // a stale ring dialer
                 }
-                let io = |e: std::io::Error| format!("donor {peer}: {e}");
-                let u = |s: &mut TcpStream| -> Result<u64, String> {
+                let addr = peer.to_string();
+                let io = |source: std::io::Error| TransferError::Io {
+                    side: "donor",
+                    addr: addr.clone(),
+                    source,
+                };
+                let u = |s: &mut TcpStream| -> Result<u64, TransferError> {
                     let mut b = [0u8; 8];
                     s.read_exact(&mut b).map_err(io)?;
                     Ok(u64::from_le_bytes(b))
                 };
                 let got = u(&mut s)?;
                 if got != step {
-                    return Err(format!(
-                        "donor {peer} sent the state of step {got}, expected {step}"
-                    ));
+                    return Err(TransferError::WrongStep {
+                        addr,
+                        got,
+                        want: step,
+                    });
                 }
                 let optimizer_count = u(&mut s)?;
                 let mut index = vec![0u8; u(&mut s)? as usize];
                 s.read_exact(&mut index).map_err(io)?;
-                let tensors: Vec<TensorEntry> = serde_json::from_slice(&index)
-                    .map_err(|e| format!("donor {peer}: bad tensor index: {e}"))?;
+                let tensors: Vec<TensorEntry> =
+                    serde_json::from_slice(&index).map_err(|source| TransferError::BadIndex {
+                        addr: addr.clone(),
+                        source,
+                    })?;
                 let n = u(&mut s)? as usize;
                 let mut data = vec![0f32; n];
                 s.read_exact(bytemuck::cast_slice_mut(&mut data))
@@ -109,12 +187,11 @@ pub fn receive(listener: &TcpListener, step: u64, timeout: Duration) -> Result<S
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(format!(
-                    "no donor connected within {} ms",
-                    timeout.as_millis()
-                ));
+                return Err(TransferError::NoDonor {
+                    ms: timeout.as_millis(),
+                });
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(TransferError::Setup(e)),
         }
     }
 }
@@ -144,7 +221,9 @@ mod tests {
         );
         let h =
             std::thread::spawn(move || send(&addr, 8, &tensors, &data, 3, Duration::from_secs(5)));
-        let e = receive(&l, 7, Duration::from_secs(5)).unwrap_err();
+        let e = receive(&l, 7, Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("step 8, expected 7"), "{e}");
         let _ = h.join();
     }

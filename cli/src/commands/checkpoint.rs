@@ -1,9 +1,9 @@
 //! `elf checkpoint ls|inspect|verify`: list committed steps, print a manifest, check hashes.
 
 use clap::Subcommand;
-use elf_data::checkpoints;
-use elf_data::source::Location;
 use elf_shared::manifest::step_dir;
+use elf_store::Location;
+use elf_store::checkpoints;
 
 use crate::out;
 
@@ -32,7 +32,7 @@ pub fn run(cmd: CheckpointCmd) -> anyhow::Result<()> {
     match cmd {
         CheckpointCmd::Ls { url } => {
             let root = Location::parse(&url)?;
-            let latest = checkpoints::latest(&root);
+            let latest = checkpoints::latest(&root)?;
             let steps = checkpoints::list_steps(&root)?;
             if steps.is_empty() {
                 anyhow::bail!("{url}: no checkpoints");

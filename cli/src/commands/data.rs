@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Subcommand;
-use elf_data::prepare::{OutFormat, prepare};
-use elf_data::tokenizer::TextTokenizer;
+use elf_dataset::prepare::{OutFormat, prepare};
+use elf_dataset::tokenizer::TextTokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::out;

@@ -1,9 +1,13 @@
-//! Byte-range access to local files and object-store objects, behind one trait.
+//! Byte-range access to local files and object-store objects, behind one trait, and one
+//! location type for local paths and object-store URLs.
 //!
 //! Datasets read rows with small range reads (`pread` locally, ranged GETs on object stores),
 //! so memory use does not grow with the dataset. URLs with a scheme (`file://`, `s3://`,
 //! `gs://`, `az://`, `memory://`) go through the `object_store` crate with credentials from
 //! each cloud's standard environment variables; plain paths are local files.
+//!
+//! Every question asked of a store returns a `Result`: "does this exist" is `Ok(false)` only
+//! when the store said so, never because a request failed.
 
 use std::fs::File;
 use std::ops::Range;
@@ -16,7 +20,7 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::DataError;
+use crate::StoreError;
 
 /// Random access to the bytes of one file or object.
 pub trait ByteSource: Send + Sync + std::fmt::Debug {
@@ -30,7 +34,7 @@ pub trait ByteSource: Send + Sync + std::fmt::Debug {
     ///
     /// # Errors
     /// IO failures and short reads, naming the source.
-    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError>;
+    fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError>;
     /// Returns the name used in error messages.
     fn name(&self) -> &str;
 }
@@ -48,10 +52,10 @@ impl LocalFile {
     ///
     /// # Errors
     /// The file cannot be opened.
-    pub fn open(path: &Path) -> Result<Self, DataError> {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
         let name = path.display().to_string();
-        let file = File::open(path).map_err(|e| DataError::io(&name, e))?;
-        let len = file.metadata().map_err(|e| DataError::io(&name, e))?.len();
+        let file = File::open(path).map_err(|e| StoreError::io(&name, e))?;
+        let len = file.metadata().map_err(|e| StoreError::io(&name, e))?.len();
         Ok(Self { file, len, name })
     }
 }
@@ -60,14 +64,18 @@ impl ByteSource for LocalFile {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError> {
+    fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         if range.end > self.len {
-            return Err(DataError::truncated(&self.name, range.end, self.len));
+            return Err(StoreError::Truncated {
+                name: self.name.clone(),
+                want: range.end,
+                len: self.len,
+            });
         }
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         self.file
             .read_exact_at(&mut buf, range.start)
-            .map_err(|e| DataError::io(&self.name, e))?;
+            .map_err(|e| StoreError::io(&self.name, e))?;
         Ok(Bytes::from(buf))
     }
     fn name(&self) -> &str {
@@ -101,9 +109,13 @@ impl ByteSource for StoreObject {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read(&self, range: Range<u64>) -> Result<Bytes, DataError> {
+    fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
         if range.end > self.len {
-            return Err(DataError::truncated(&self.name, range.end, self.len));
+            return Err(StoreError::Truncated {
+                name: self.name.clone(),
+                want: range.end,
+                len: self.len,
+            });
         }
         if range.is_empty() {
             return Ok(Bytes::new());
@@ -112,17 +124,14 @@ impl ByteSource for StoreObject {
         let path = self.path.clone();
         runtime()
             .block_on(async move { store.get_range(&path, range).await })
-            .map_err(|e| DataError::Store {
-                name: self.name.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| StoreError::store(&self.name, e))
     }
     fn name(&self) -> &str {
         &self.name
     }
 }
 
-/// Where a dataset lives: a local path or a folder/object in an object store.
+/// Where a file, folder, object or prefix lives: a local path or an object store.
 #[derive(Debug, Clone)]
 pub enum Location {
     /// A local file or folder.
@@ -142,9 +151,9 @@ pub enum Location {
 ///
 /// # Errors
 /// An unsupported scheme or a builder error, naming the URL.
-pub fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), DataError> {
-    let bad = |message: String| DataError::Store {
-        name: url.to_string(),
+pub fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath), StoreError> {
+    let bad = |message: String| StoreError::Url {
+        url: url.to_string(),
         message,
     };
     let path = StorePath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
@@ -207,17 +216,27 @@ pub fn memory_store() -> Arc<dyn ObjectStore> {
         .clone()
 }
 
+/// Maps "the store said: no such object" to `Ok(false)`, a found object to `Ok(true)`, and
+/// every other answer to the error it is.
+fn found<T>(r: Result<T, StoreError>) -> Result<bool, StoreError> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl Location {
     /// Parses a path or URL.
     ///
     /// # Errors
     /// A malformed URL or an unsupported scheme.
-    pub fn parse(spec: &str) -> Result<Self, DataError> {
+    pub fn parse(spec: &str) -> Result<Self, StoreError> {
         if !spec.contains("://") {
             return Ok(Self::Local(PathBuf::from(spec)));
         }
-        let url = url::Url::parse(spec).map_err(|e| DataError::Store {
-            name: spec.into(),
+        let url = url::Url::parse(spec).map_err(|e| StoreError::Url {
+            url: spec.into(),
             message: e.to_string(),
         })?;
         let (store, path) = store_for_url(&url)?;
@@ -226,6 +245,15 @@ impl Location {
             path,
             url: spec.trim_end_matches('/').to_string(),
         })
+    }
+
+    /// Returns a location inside `store` (tests use it with wrapped stores).
+    pub fn in_store(store: Arc<dyn ObjectStore>, path: &str, url: &str) -> Self {
+        Self::Store {
+            store,
+            path: StorePath::from(path),
+            url: url.trim_end_matches('/').to_string(),
+        }
     }
 
     /// Returns the location for display.
@@ -259,44 +287,67 @@ impl Location {
         }
     }
 
-    /// Returns true when the location names an existing folder (or a non-empty prefix).
-    pub fn is_dir(&self) -> bool {
+    /// Returns whether the location names an existing folder (or a non-empty prefix).
+    ///
+    /// # Errors
+    /// A failed request: the answer is unknown, not "no".
+    pub fn is_dir(&self) -> Result<bool, StoreError> {
         match self {
-            Self::Local(p) => p.is_dir(),
-            Self::Store { .. } => self.list().map(|v| !v.is_empty()).unwrap_or(false),
+            Self::Local(p) => match std::fs::metadata(p) {
+                Ok(m) => Ok(m.is_dir()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StoreError::io(p.display().to_string(), e)),
+            },
+            Self::Store { .. } => Ok(!self.list()?.is_empty()),
         }
     }
 
-    /// Returns true when the location names an existing file or object.
-    pub fn exists(&self) -> bool {
+    /// Returns whether the location names an existing file or object.
+    ///
+    /// # Errors
+    /// A failed request: the answer is unknown, not "no".
+    pub fn exists(&self) -> Result<bool, StoreError> {
         match self {
-            Self::Local(p) => p.exists(),
-            Self::Store { store, path, .. } => {
+            Self::Local(p) => {
+                found(std::fs::metadata(p).map_err(|e| StoreError::io(p.display().to_string(), e)))
+            }
+            Self::Store { store, path, url } => {
                 let (s, p) = (store.clone(), path.clone());
-                runtime().block_on(async move { s.head(&p).await }).is_ok()
+                found(
+                    runtime()
+                        .block_on(async move { s.head(&p).await })
+                        .map_err(|e| StoreError::store(url, e)),
+                )
             }
         }
     }
 
-    /// Lists the names of the entries directly inside a folder, sorted.
+    /// Lists the names of the entries directly inside a folder, sorted; a folder that does not
+    /// exist lists as empty (a store has no folders, only prefixes).
     ///
     /// # Errors
     /// IO or store errors.
-    pub fn list(&self) -> Result<Vec<String>, DataError> {
+    pub fn list(&self) -> Result<Vec<String>, StoreError> {
         let mut names = match self {
-            Self::Local(p) => std::fs::read_dir(p)
-                .map_err(|e| DataError::io(&p.display().to_string(), e))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect::<Vec<_>>(),
+            Self::Local(p) => {
+                let name = p.display().to_string();
+                let entries = match std::fs::read_dir(p) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+                    Err(e) => return Err(StoreError::io(name, e)),
+                };
+                let mut out = vec![];
+                for e in entries {
+                    let e = e.map_err(|e| StoreError::io(&name, e))?;
+                    out.push(e.file_name().to_string_lossy().to_string());
+                }
+                out
+            }
             Self::Store { store, path, url } => {
                 let (s, p) = (store.clone(), path.clone());
                 let listed = runtime()
                     .block_on(async move { s.list_with_delimiter(Some(&p)).await })
-                    .map_err(|e| DataError::Store {
-                        name: url.clone(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| StoreError::store(url, e))?;
                 listed
                     .objects
                     .iter()
@@ -318,17 +369,14 @@ impl Location {
     ///
     /// # Errors
     /// Missing files or store errors.
-    pub fn open(&self) -> Result<Arc<dyn ByteSource>, DataError> {
+    pub fn open(&self) -> Result<Arc<dyn ByteSource>, StoreError> {
         match self {
             Self::Local(p) => Ok(Arc::new(LocalFile::open(p)?)),
             Self::Store { store, path, url } => {
                 let (s, p) = (store.clone(), path.clone());
                 let meta = runtime()
                     .block_on(async move { s.head(&p).await })
-                    .map_err(|e| DataError::Store {
-                        name: url.clone(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| StoreError::store(url, e))?;
                 Ok(Arc::new(StoreObject {
                     store: store.clone(),
                     path: path.clone(),
@@ -344,7 +392,7 @@ impl Location {
     ///
     /// # Errors
     /// IO or store errors, naming the location.
-    pub fn put(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), DataError> {
+    pub fn put(&self, bytes: impl Into<bytes::Bytes>) -> Result<(), StoreError> {
         let bytes: bytes::Bytes = bytes.into();
         match self {
             Self::Local(_) => self.put_with(&|w| std::io::Write::write_all(w, &bytes)),
@@ -353,10 +401,7 @@ impl Location {
                 runtime()
                     .block_on(async move { s.put(&p, bytes.into()).await })
                     .map(|_| ())
-                    .map_err(|e| DataError::Store {
-                        name: url.clone(),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| StoreError::store(url, e))
             }
         }
     }
@@ -369,12 +414,12 @@ impl Location {
     pub fn put_with(
         &self,
         write: &dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>,
-    ) -> Result<(), DataError> {
+    ) -> Result<(), StoreError> {
         match self {
             Self::Local(p) => {
                 let name = p.display().to_string();
                 if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| DataError::io(&name, e))?;
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(&name, e))?;
                 }
                 // A writer-unique temporary name: two writers of one object (a retry beside a
                 // late upload) never interleave in one file; the last rename wins whole.
@@ -394,12 +439,12 @@ impl Location {
                     write(&mut f)?;
                     f.sync_all()
                 };
-                run().map_err(|e| DataError::io(&name, e))?;
-                std::fs::rename(&tmp, p).map_err(|e| DataError::io(&name, e))
+                run().map_err(|e| StoreError::io(&name, e))?;
+                std::fs::rename(&tmp, p).map_err(|e| StoreError::io(&name, e))
             }
             Self::Store { .. } => {
                 let mut buf = Vec::new();
-                write(&mut buf).map_err(|e| DataError::io(&self.display(), e))?;
+                write(&mut buf).map_err(|e| StoreError::io(self.display(), e))?;
                 self.put(buf)
             }
         }
@@ -409,24 +454,20 @@ impl Location {
     ///
     /// # Errors
     /// IO or store errors.
-    pub fn delete_all(&self) -> Result<(), DataError> {
+    pub fn delete_all(&self) -> Result<(), StoreError> {
         match self {
             Self::Local(p) => match std::fs::remove_dir_all(p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(DataError::io(&p.display().to_string(), e))
+                    Err(StoreError::io(p.display().to_string(), e))
                 }
                 _ => Ok(()),
             },
             Self::Store { store, path, url } => {
-                let names = list_recursive(store.clone(), path.clone())?;
-                for n in names {
+                for n in list_recursive(store.clone(), path.clone(), url)? {
                     let (s, p) = (store.clone(), StorePath::from(n));
                     runtime()
                         .block_on(async move { s.delete(&p).await })
-                        .map_err(|e| DataError::Store {
-                            name: url.clone(),
-                            message: e.to_string(),
-                        })?;
+                        .map_err(|e| StoreError::store(url, e))?;
                 }
                 Ok(())
             }
@@ -437,7 +478,7 @@ impl Location {
     ///
     /// # Errors
     /// As [`Location::open`].
-    pub fn read_all(&self) -> Result<Bytes, DataError> {
+    pub fn read_all(&self) -> Result<Bytes, StoreError> {
         let src = self.open()?;
         src.read(0..src.len())
     }
@@ -447,52 +488,48 @@ impl Location {
 ///
 /// # Errors
 /// IO or store errors.
-pub fn upload_dir(local: &Path, url: &str) -> Result<(), DataError> {
+pub fn upload_dir(local: &Path, url: &str) -> Result<(), StoreError> {
     let Location::Store { store, path, url } = Location::parse(url)? else {
-        return Err(DataError::Store {
-            name: url.into(),
+        return Err(StoreError::Url {
+            url: url.into(),
             message: "not an object-store URL".into(),
         });
     };
     let mut stack = vec![(local.to_path_buf(), path)];
     while let Some((dir, prefix)) = stack.pop() {
-        for e in
-            std::fs::read_dir(&dir).map_err(|e| DataError::io(&dir.display().to_string(), e))?
-        {
-            let e = e.map_err(|e| DataError::io(&dir.display().to_string(), e))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            let child = prefix.clone().join(name.as_str());
-            if e.path().is_dir() {
+        let name = dir.display().to_string();
+        for e in std::fs::read_dir(&dir).map_err(|e| StoreError::io(&name, e))? {
+            let e = e.map_err(|e| StoreError::io(&name, e))?;
+            let child = prefix
+                .clone()
+                .join(e.file_name().to_string_lossy().as_ref());
+            let ty = e.file_type().map_err(|err| StoreError::io(&name, err))?;
+            if ty.is_dir() {
                 stack.push((e.path(), child));
             } else {
                 let data = std::fs::read(e.path())
-                    .map_err(|err| DataError::io(&e.path().display().to_string(), err))?;
+                    .map_err(|err| StoreError::io(e.path().display().to_string(), err))?;
                 let s = store.clone();
                 runtime()
                     .block_on(async move { s.put(&child, data.into()).await })
-                    .map_err(|err| DataError::Store {
-                        name: url.clone(),
-                        message: err.to_string(),
-                    })?;
+                    .map_err(|err| StoreError::store(&url, err))?;
             }
         }
     }
     Ok(())
 }
 
-/// Lists every object under a prefix (recursively); used to check uploads.
+/// Lists every object under a prefix (recursively).
 ///
 /// # Errors
-/// Store errors.
+/// Store errors, naming `url`.
 pub fn list_recursive(
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
-) -> Result<Vec<String>, DataError> {
+    url: &str,
+) -> Result<Vec<String>, StoreError> {
     let objs: Vec<_> = runtime()
         .block_on(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await })
-        .map_err(|e| DataError::Store {
-            name: "list".into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| StoreError::store(url, e))?;
     Ok(objs.into_iter().map(|o| o.location.to_string()).collect())
 }

@@ -1,0 +1,175 @@
+//! `elf coordinator` and `elf worker`: the two processes of a run deployed across machines,
+//! and what `elf train` shares with them (config overrides, sizing the run, the runtime).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use elf_coordinator::{Options, Outcome};
+use elf_shared::config::ResolvedConfig;
+use elf_shared::messages::Role;
+use elf_worker::session::WorkerOptions;
+use elf_worker::trainer;
+
+/// What `elf train` and `elf coordinator` share: config overrides and where the run starts
+/// and stops.
+#[derive(Debug, Args)]
+pub struct RunControl {
+    /// Overrides, `key=value` (dotted keys reach sections), applied before validation.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Resume from this checkpoint folder (default: the newest valid checkpoint of the run, if
+    /// any).
+    #[arg(long)]
+    pub resume: Option<String>,
+    /// Stop after this many steps of the run (a later process resumes it).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
+}
+
+/// Arguments of `elf coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// The run config (YAML); only the coordinator reads it.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// gRPC listen address (`127.0.0.1:0` picks a free port; see the `ready` event).
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_LISTEN")]
+    pub listen: String,
+    /// HTTP listen address for `/metrics` and `/status`.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
+    pub http: String,
+    /// Run folder.
+    #[arg(long, env = "ELF_RUN_DIR")]
+    pub run_dir: PathBuf,
+    /// Training workers to wait for: sets `cluster.workers` (default: the config's).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[command(flatten)]
+    pub run: RunControl,
+}
+
+/// Loads a run's config with its overrides; `--workers N` is the override
+/// `cluster.workers=N`, applied last, so the one world-size value is in the resolved config.
+pub fn load_run_config(
+    path: &std::path::Path,
+    set: &[String],
+    workers: Option<usize>,
+) -> anyhow::Result<ResolvedConfig> {
+    let mut set = set.to_vec();
+    if let Some(n) = workers {
+        set.push(format!("cluster.workers={n}"));
+    }
+    crate::load_config(path, &set)
+}
+
+/// Starts a coordinator for `rc`: sizes the run from its dataset, then serves.
+pub async fn start_coordinator(
+    rc: ResolvedConfig,
+    opts: Options,
+) -> anyhow::Result<elf_coordinator::Running> {
+    let facts = {
+        let rc = rc.clone();
+        tokio::task::spawn_blocking(move || elf_dataset::run_facts(&rc)).await??
+    };
+    elf_coordinator::start(rc, facts, opts).await
+}
+
+/// Arguments of `elf worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Coordinator URL, e.g. `http://127.0.0.1:5000`.
+    #[arg(long, env = "ELF_COORDINATOR")]
+    pub coordinator: String,
+    /// Stable worker identity (default: hostname and pid).
+    #[arg(long, env = "ELF_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Device: `cpu` (or `cuda:N` with the cuda feature).
+    #[arg(long, default_value = "cpu", env = "ELF_DEVICE")]
+    pub device: String,
+    /// Where the collective listens; the bound address is registered.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_COLLECTIVE")]
+    pub collective: String,
+    /// Where `/metrics` listens.
+    #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
+    pub http: String,
+    /// Seconds to keep trying to reach the coordinator.
+    #[arg(long, default_value_t = 30)]
+    pub connect_timeout_s: u64,
+    /// `train`, or `eval`: a dedicated eval worker that runs the coordinator's eval jobs on
+    /// committed checkpoints (training never waits for it).
+    #[arg(long, default_value = "train", value_parser = ["train", "eval"], env = "ELF_ROLE")]
+    pub role: String,
+    /// Seconds to keep trying to reach a coordinator that went away mid-run (it restarts and
+    /// resumes from its checkpoints; the worker registers again and continues).
+    #[arg(long, default_value_t = 120)]
+    pub reconnect_timeout_s: u64,
+}
+
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `elf coordinator` until the run ends.
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let rc = load_run_config(&a.config, &a.run.set, a.workers)?;
+    let rt = runtime()?;
+    let opts = Options {
+        listen: a.listen,
+        http_listen: a.http,
+        run_dir: a.run_dir,
+        events: true,
+        resume: a.run.resume,
+        stop_after: a.run.stop_after,
+    };
+    let outcome = rt.block_on(async move {
+        let running = start_coordinator(rc, opts).await?;
+        Ok::<_, anyhow::Error>(running.done.await?)
+    })?;
+    match outcome {
+        Outcome::Done { .. } => Ok(()),
+        Outcome::Failed(why) => anyhow::bail!("run failed: {why}"),
+    }
+}
+
+/// Runs `elf worker` until the coordinator says the run is done.
+pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
+    let id = a.worker_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let opts = WorkerOptions {
+        coordinator: a.coordinator,
+        worker_id: id.into(),
+        device: a.device.clone(),
+        collective_listen: a.collective,
+        http_listen: a.http,
+        connect_timeout: Duration::from_secs(a.connect_timeout_s),
+        role: if a.role == "eval" {
+            Role::Eval
+        } else {
+            Role::Train
+        },
+        reconnect_timeout: Duration::from_secs(a.reconnect_timeout_s),
+    };
+    match a.device.as_str() {
+        "cpu" => trainer::run::<elf_model::backend::CpuTrain>(opts, Default::default()),
+        #[cfg(feature = "cuda")]
+        d if d.starts_with("cuda") => {
+            let index = d
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            trainer::run::<elf_model::backend::CudaTrain>(
+                opts,
+                burn::backend::cuda::CudaDevice::new(index),
+            )
+        }
+        other => anyhow::bail!(
+            "--device {other}: not available in this build (cpu; cuda:N with --features cuda)"
+        ),
+    }
+}

@@ -1,0 +1,579 @@
+//! The coordinator's decisions: one model whose only entry point, [`Model::handle`], takes
+//! `(now, input)` and returns the reply, the reasons for what it decided, and the effects for
+//! the driver to run (record a commit, write a manifest, record an eval, emit an event, finish
+//! the run). No IO and no clock of its own, so every decision is a unit test.
+//!
+//! Sub-models, one concern each:
+//! - [`membership`]: who is registered, their liveness, the quorum.
+//! - [`steps`]: the step in flight: reports, commits, and a quorum broken by a lost peer.
+//! - [`saves`]: checkpoint shards until a save is complete, and manifests in flight.
+//! - [`evals`]: eval jobs, on dedicated eval workers or on rank 0 between steps.
+//! - [`joins`]: copying a live peer's state to a worker that joins a running run.
+//! - [`finish`]: when a finished (or failed) run may end: the holds for the last save, the
+//!   eval jobs and the workers' final directives.
+//!
+//! Reading is not deciding: [`Input::NextDirective`] hands out work (a step, an eval job) and
+//! records who heard their final directive, but never evicts a member or re-forms the quorum;
+//! that happens on reports and on [`Input::Tick`]. After every input but a status request the
+//! model settles what follows from it (the first quorum, a join, an inline eval job, the end
+//! of the run), none of which changes membership.
+
+pub mod evals;
+pub mod finish;
+pub mod joins;
+pub mod membership;
+pub mod saves;
+pub mod steps;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+use elf_shared::ids::{Step, WorkerId};
+use elf_shared::manifest::step_dir;
+use elf_shared::messages::{
+    Directive, EvalJob, EvalReport, PROTOCOL_VERSION, Pulse, Registration, Role, RunStatus,
+    ShardReport, StepReport, TrainStep, TransferReport,
+};
+use elf_shared::run::RunFacts;
+
+use crate::refusal::Refusal;
+use evals::Evals;
+use finish::Finish;
+use joins::Transfer;
+use membership::{Membership, Quorum};
+use saves::{CompletedSave, Saves};
+use steps::{Commit, Round};
+
+/// Fixed facts of the run the model decides with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What the run is (plan, steps, schedule, world size).
+    pub run: RunFacts,
+    /// A worker silent for longer is evicted.
+    pub heartbeat_timeout: Duration,
+    /// Save after every this many steps (0: only at the end, when `save_final`).
+    pub save_interval: u64,
+    /// Save after the last step this process runs.
+    pub save_final: bool,
+    /// Where checkpoint folders go (URL or path).
+    pub checkpoint_root: String,
+    /// End this process's part of the run after this many steps (`--stop-after`).
+    pub stop_after: Option<u64>,
+    /// Evaluate every this many committed checkpoints (0: never).
+    pub eval_every: u64,
+    /// Evaluate the final checkpoint.
+    pub eval_at_end: bool,
+    /// Without an eval worker, rank 0 of the training workers evaluates between steps.
+    pub eval_inline: bool,
+    /// How long a finished run waits for its last checkpoint's shards and manifest.
+    pub save_hold: Duration,
+    /// How long an ended run waits for every worker to hear its final directive.
+    pub farewell_hold: Duration,
+}
+
+impl Settings {
+    /// Returns the number of steps this process trains to (`stop_after` capped by the run).
+    pub fn end(&self) -> u64 {
+        self.stop_after
+            .map_or(self.run.total_steps, |s| s.min(self.run.total_steps))
+    }
+
+    /// Returns true when the state after `step` is checkpointed.
+    pub fn saves_after(&self, step: Step) -> bool {
+        step.ends_interval(self.save_interval) || (self.save_final && step.count() == self.end())
+    }
+
+    /// Returns the checkpoint folder of `step`.
+    pub fn checkpoint_dir(&self, step: Step) -> String {
+        format!(
+            "{}/{}",
+            self.checkpoint_root.trim_end_matches('/'),
+            step_dir(step.0)
+        )
+    }
+}
+
+/// What the model is asked or told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A worker asks to join.
+    Register(Registration),
+    /// A worker proves it is alive.
+    Heartbeat(WorkerId),
+    /// A worker asks what to do after applying `after` (`None`: nothing yet).
+    NextDirective {
+        /// Who asks.
+        worker: WorkerId,
+        /// The last step it applied.
+        after: Option<Step>,
+    },
+    /// A worker reports a step.
+    ReportStep(StepReport),
+    /// A worker reports its checkpoint shard.
+    ReportShard(ShardReport),
+    /// A worker reports an eval job.
+    ReportEval(EvalReport),
+    /// A worker reports its side of a state copy.
+    ReportTransfer(TransferReport),
+    /// The driver wrote (or failed to write) a manifest it was asked to.
+    ManifestWritten(ManifestWritten),
+    /// The driver recorded an eval report it was asked to.
+    EvalRecorded {
+        /// The worker that ran the job.
+        worker: WorkerId,
+        /// The job's step.
+        step: Step,
+    },
+    /// A request for the status document.
+    Status,
+    /// Time passed: evict silent members, resolve a broken quorum, end the run when due.
+    Tick,
+}
+
+/// The result of writing a checkpoint's manifest: the commit, then retention, separately.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManifestWritten {
+    /// The checkpoint's step.
+    pub step: Step,
+    /// Its folder.
+    pub dir: String,
+    /// Why the manifest (the commit) failed; `None`: committed.
+    pub commit_error: Option<String>,
+    /// Why retention failed after the commit (the checkpoint stays committed).
+    pub retention_error: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every step committed.
+    Done {
+        /// Steps committed in total.
+        steps: u64,
+    },
+    /// The run stopped; the reason names the worker or step.
+    Failed(String),
+}
+
+/// Something the driver does for the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Record a committed step: metrics files, Prometheus, progress, the `step` event.
+    RecordCommit(Commit),
+    /// Write the manifest of a complete save, then retention; answer with
+    /// [`Input::ManifestWritten`].
+    WriteManifest(CompletedSave),
+    /// Record an eval report (manifest, `eval.jsonl`, Prometheus, the `eval` event); answer
+    /// with [`Input::EvalRecorded`].
+    RecordEval {
+        /// The job.
+        job: EvalJob,
+        /// Its report.
+        report: EvalReport,
+    },
+    /// Emit an event (JSON on stdout, a metric, a log line).
+    Event(Event),
+    /// The run is over: stop serving.
+    Finish(Outcome),
+}
+
+/// Something that happened that operators and tests watch for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A worker was admitted.
+    Registered {
+        /// Who.
+        worker: WorkerId,
+        /// Its device.
+        device: String,
+        /// Its collective address.
+        addr: String,
+    },
+    /// A worker's checkpoint upload failed; the save is abandoned and training goes on.
+    CheckpointFailed {
+        /// Why, naming the worker and step.
+        reason: String,
+    },
+    /// A checkpoint's manifest was written.
+    CheckpointCommitted {
+        /// The step.
+        step: Step,
+    },
+    /// A checkpoint's manifest could not be written; training goes on.
+    CheckpointNotCommitted {
+        /// The step.
+        step: Step,
+        /// Why.
+        reason: String,
+    },
+    /// Retention after a commit failed (the checkpoint stays committed).
+    RetentionFailed {
+        /// The committed step.
+        step: Step,
+        /// Why.
+        reason: String,
+    },
+    /// A joining worker received a peer's state and entered the quorum.
+    Joined {
+        /// Who.
+        worker: WorkerId,
+        /// The step boundary.
+        step: Step,
+        /// The new world size.
+        world_size: usize,
+    },
+    /// A state copy failed; the joiner was dropped.
+    JoinFailed {
+        /// Who.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The model's answer to one input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The worker was admitted.
+    Admitted,
+    /// The answer to a heartbeat.
+    Pulse(Pulse),
+    /// What the worker does next.
+    Directive(Directive),
+    /// The report was taken.
+    Accepted,
+    /// The request was refused.
+    Refused(Refusal),
+    /// The model's part of the status document.
+    Status(Box<RunStatus>),
+    /// Nothing to answer (internal inputs).
+    None,
+}
+
+/// Everything [`Model::handle`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The answer to the input.
+    pub reply: Reply,
+    /// Why the model changed what it changed (evictions, quorum changes), for the logs.
+    pub reasons: Vec<String>,
+    /// What the driver must do.
+    pub effects: Vec<Effect>,
+}
+
+/// Where the run is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Waiting for workers.
+    Forming,
+    /// Training.
+    Running,
+    /// Every step committed.
+    Done,
+    /// Stopped; the reason names the worker or step.
+    Failed(String),
+}
+
+/// The coordinator's state and its decisions.
+#[derive(Debug, Clone)]
+pub struct Model {
+    settings: Settings,
+    phase: Phase,
+    members: Membership,
+    round: Round,
+    saves: Saves,
+    evals: Evals,
+    transfer: Option<Transfer>,
+    finish: Finish,
+    /// Filled while one input is handled, drained into its [`Output`].
+    reasons: Vec<String>,
+    effects: Vec<Effect>,
+}
+
+impl Model {
+    /// Starts a run whose next step to train is `start`.
+    pub fn new(settings: Settings, start: Step) -> Self {
+        let phase = if start.0 >= settings.end() {
+            Phase::Done
+        } else {
+            Phase::Forming
+        };
+        Self {
+            phase,
+            members: Membership::default(),
+            round: Round::new(start),
+            saves: Saves::default(),
+            evals: Evals::default(),
+            transfer: None,
+            finish: Finish::default(),
+            reasons: vec![],
+            effects: vec![],
+            settings,
+        }
+    }
+
+    /// Takes one input at time `now`; returns the reply, the reasons and the effects.
+    pub fn handle(&mut self, now: Instant, input: Input) -> Output {
+        let reply = match input {
+            Input::Register(r) => self.register(now, r),
+            Input::Heartbeat(w) => Reply::Pulse(self.heartbeat(now, &w)),
+            Input::NextDirective { worker, after } => {
+                Reply::Directive(self.directive(&worker, after))
+            }
+            Input::ReportStep(r) => self.report_step(now, r),
+            Input::ReportShard(r) => {
+                self.report_shard(r);
+                Reply::Accepted
+            }
+            Input::ReportEval(r) => self.report_eval(r),
+            Input::ReportTransfer(r) => self.report_transfer(r),
+            Input::ManifestWritten(m) => {
+                self.manifest_written(m);
+                Reply::None
+            }
+            Input::EvalRecorded { worker, step } => {
+                self.evals.complete(&worker, step);
+                Reply::None
+            }
+            Input::Status => Reply::Status(Box::new(self.status(now))),
+            Input::Tick => {
+                self.tick(now);
+                Reply::None
+            }
+        };
+        if !matches!(reply, Reply::Status(_)) {
+            self.settle(now);
+        }
+        Output {
+            reply,
+            reasons: std::mem::take(&mut self.reasons),
+            effects: std::mem::take(&mut self.effects),
+        }
+    }
+
+    /// Returns the phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// Returns the next step to commit.
+    pub fn step(&self) -> Step {
+        self.round.step
+    }
+
+    /// Returns the settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Returns the current quorum.
+    pub fn quorum(&self) -> Option<&Quorum> {
+        self.members.quorum()
+    }
+
+    /// Returns the membership.
+    pub fn members(&self) -> &Membership {
+        &self.members
+    }
+
+    /// Returns when the model next needs a [`Input::Tick`] (an eviction, the end of a hold).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.settings.heartbeat_timeout;
+        let mut at = self.members.next_expiry(timeout);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        };
+        consider(self.round.broken_since().map(|s| s + timeout));
+        consider(self.finish.next_deadline(&self.settings));
+        at
+    }
+
+    fn register(&mut self, now: Instant, r: Registration) -> Reply {
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Reply::Refused(Refusal::Protocol {
+                worker: r.worker,
+                theirs: r.protocol_version,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+        if r.worker.as_str().is_empty() {
+            return Reply::Refused(Refusal::EmptyWorkerId);
+        }
+        if let Phase::Failed(why) = &self.phase {
+            return Reply::Refused(Refusal::RunFailed(why.clone()));
+        }
+        let in_quorum = self.quorum().is_some_and(|q| q.contains(&r.worker));
+        // A training worker arriving while the run trains waits as a standby until a live
+        // peer's state is copied to it (at a step boundary); then it enters the quorum.
+        let synced = self.phase == Phase::Forming || in_quorum;
+        self.effects.push(Effect::Event(Event::Registered {
+            worker: r.worker.clone(),
+            device: r.device.clone(),
+            addr: r.collective_addr.clone(),
+        }));
+        self.members.admit(now, &r, synced);
+        Reply::Admitted
+    }
+
+    fn heartbeat(&mut self, now: Instant, w: &WorkerId) -> Pulse {
+        Pulse {
+            known: self.members.touch(now, w),
+            quorum: self.quorum().map_or_else(Default::default, |q| q.id),
+            quorum_broken: self.round.is_broken(),
+        }
+    }
+
+    /// Returns what worker `w` does after applying `after`. Hands out a step or an eval job;
+    /// never changes membership.
+    fn directive(&mut self, w: &WorkerId, after: Option<Step>) -> Directive {
+        let d = self.decide_directive(w, after);
+        if d.is_final() {
+            self.finish.told(w);
+        }
+        d
+    }
+
+    fn decide_directive(&mut self, w: &WorkerId, after: Option<Step>) -> Directive {
+        if self.members.role(w) == Some(Role::Eval) {
+            return self.eval_worker_directive(w);
+        }
+        if let Some(d) = self.inline_eval_directive(w) {
+            return d;
+        }
+        match &self.phase {
+            Phase::Failed(why) => {
+                return Directive::Stop {
+                    reason: why.clone(),
+                };
+            }
+            Phase::Done => {
+                return Directive::Done {
+                    steps: self.round.step.0,
+                    write_outputs: self.quorum().and_then(|q| q.rank_of(w)) == Some(0),
+                };
+            }
+            Phase::Forming => {
+                return Directive::wait(format!(
+                    "waiting for {} workers, {} registered",
+                    self.settings.run.world_size,
+                    self.members.count(Role::Train)
+                ));
+            }
+            Phase::Running => {}
+        }
+        let q = self.quorum().cloned().expect("a running run has a quorum");
+        if self.round.is_broken() {
+            return Directive::wait(format!(
+                "quorum {} lost a peer at step {}; re-forming",
+                q.id, self.round.step
+            ));
+        }
+        if let Some(d) = self.transfer_directive(w) {
+            return d;
+        }
+        let Some(rank) = q.rank_of(w) else {
+            if self.members.contains(w) {
+                return Directive::wait(format!(
+                    "standby: quorum {} has {} workers",
+                    q.id,
+                    q.ranks.len()
+                ));
+            }
+            return Directive::Stop {
+                reason: format!("worker {w} is not in the quorum"),
+            };
+        };
+        let step = self.round.step;
+        if let Some(a) = after
+            && (a > step || (a == step && !self.round.has_report(rank as u32)))
+        {
+            // Its state is ahead of the run's: it applied a step the run never took. It must
+            // restart from a checkpoint; when it leaves, the quorum re-forms without it.
+            return Directive::Stop {
+                reason: format!(
+                    "worker {w} applied step {a}, which the run has not committed; it must restart from a checkpoint"
+                ),
+            };
+        }
+        let ready = after.is_none_or(|a| a.next() == step);
+        if !ready || self.round.has_report(rank as u32) {
+            return Directive::wait(format!("step {step} in flight"));
+        }
+        self.round.hand(w);
+        let world = q.ranks.len() as u64;
+        let slice = self
+            .settings
+            .run
+            .plan
+            .rank_slice(step.0, world, rank as u64)
+            .expect("every quorum's world size splits the batch (checked when formed)");
+        Directive::Train(TrainStep {
+            step,
+            quorum: q.id,
+            world_size: world as u32,
+            rank: rank as u32,
+            peers: q.ranks.iter().map(|r| self.members.addr(r)).collect(),
+            first_position: slice.first().map_or(0, |x| x.0),
+            rows: slice.iter().map(|x| x.1).collect(),
+            lr: self.settings.run.lr(step),
+            total_steps: self.settings.run.total_steps,
+            save_to: self
+                .settings
+                .saves_after(step)
+                .then(|| self.settings.checkpoint_dir(step)),
+        })
+    }
+
+    /// Decides what follows an input: the first quorum, a join, an inline eval job, the end.
+    fn settle(&mut self, now: Instant) {
+        self.maybe_form();
+        self.maybe_start_transfer();
+        self.maybe_assign_inline_eval();
+        self.maybe_finish(now);
+    }
+
+    /// Marks the run failed (for errors outside the protocol).
+    pub fn fail(&mut self, why: String) {
+        self.phase = Phase::Failed(why);
+    }
+
+    /// Returns the model's part of the status document (the driver adds throughput, losses
+    /// and the last evaluation).
+    fn status(&self, now: Instant) -> RunStatus {
+        use elf_shared::messages::{QuorumStatus, WorkerStatus};
+        let phase = match &self.phase {
+            Phase::Forming => "forming".to_string(),
+            Phase::Running => "running".into(),
+            Phase::Done => "done".into(),
+            Phase::Failed(why) => format!("failed: {why}"),
+        };
+        RunStatus {
+            phase,
+            step: self.round.step.0,
+            total_steps: self.settings.run.total_steps,
+            quorum: self.quorum().map(|q| QuorumStatus {
+                id: q.id.0,
+                world_size: q.ranks.len(),
+                members: q.ranks.iter().map(|r| r.0.clone()).collect(),
+            }),
+            workers: self
+                .members
+                .iter()
+                .map(|(id, m)| WorkerStatus {
+                    id: id.0.clone(),
+                    device: m.device.clone(),
+                    collective_addr: m.addr.clone(),
+                    role: m.role.as_str().into(),
+                    heartbeat_age_seconds: now.duration_since(m.last_seen).as_secs_f64(),
+                    last_step: m.step.map(|s| s.0),
+                })
+                .collect(),
+            evals_outstanding: self.evals.outstanding(),
+            ..RunStatus::default()
+        }
+    }
+}

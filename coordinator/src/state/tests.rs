@@ -1,0 +1,924 @@
+//! The model's decisions, input by input, with the clock in the test's hands.
+
+use std::time::{Duration, Instant};
+
+use elf_shared::config::Config;
+use elf_shared::ids::{QuorumId, Step, WorkerId};
+use elf_shared::manifest::{ShardEntry, TensorEntry};
+use elf_shared::messages::{
+    Applied, Directive, EvalOutcome, EvalReport, PROTOCOL_VERSION, Registration, Role,
+    ShardOutcome, ShardReport, StateIndex, StepOutcome, StepReport, StepTimings, TrainStep,
+    TransferReport,
+};
+use elf_shared::run::RunFacts;
+
+use super::*;
+
+/// A run of `total` steps over 64 rows, a batch of 8 in branch shards of 2 (world sizes 1, 2
+/// and 4 split it), `expected` workers.
+fn settings(expected: usize, total: u64) -> Settings {
+    settings_for(expected, total, 8, 2)
+}
+
+fn settings_for(expected: usize, total: u64, batch: usize, shard: usize) -> Settings {
+    let mut c = Config {
+        lr: Some(1.0),
+        warmup_steps: 4,
+        global_batch_size: batch,
+        max_length: 4,
+        ..Config::default()
+    };
+    c.train.max_steps = Some(total);
+    c.train.branch_shard_size = shard;
+    c.cluster.workers = expected;
+    Settings {
+        run: RunFacts::derive(&c, 64).unwrap(),
+        heartbeat_timeout: Duration::from_secs(5),
+        save_interval: 0,
+        save_final: false,
+        checkpoint_root: "ckpt".into(),
+        stop_after: None,
+        eval_every: 0,
+        eval_at_end: false,
+        eval_inline: true,
+        save_hold: Duration::from_secs(60),
+        farewell_hold: Duration::from_secs(10),
+    }
+}
+
+fn member(id: &str) -> Registration {
+    Registration {
+        worker: id.into(),
+        device: "cpu".into(),
+        collective_addr: format!("127.0.0.1:{}", id.len()),
+        role: Role::Train,
+        protocol_version: PROTOCOL_VERSION,
+    }
+}
+
+fn eval_member(id: &str) -> Registration {
+    Registration {
+        role: Role::Eval,
+        ..member(id)
+    }
+}
+
+fn w(id: &str) -> WorkerId {
+    id.into()
+}
+
+/// Drives a model with a clock the test moves.
+struct Sim {
+    m: Model,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Sim {
+    fn new(s: Settings) -> Self {
+        let t0 = Instant::now();
+        Self {
+            m: Model::new(s, Step(0)),
+            t0,
+            now: t0,
+        }
+    }
+
+    fn at(&mut self, secs: u64) -> &mut Self {
+        self.now = self.t0 + Duration::from_secs(secs);
+        self
+    }
+
+    fn input(&mut self, i: Input) -> Output {
+        self.m.handle(self.now, i)
+    }
+
+    fn register(&mut self, r: Registration) -> Reply {
+        self.input(Input::Register(r)).reply
+    }
+
+    fn directive(&mut self, id: &str, after: Option<u64>) -> Directive {
+        match self
+            .input(Input::NextDirective {
+                worker: w(id),
+                after: after.map(Step),
+            })
+            .reply
+        {
+            Reply::Directive(d) => d,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn train(&mut self, id: &str, after: Option<u64>) -> TrainStep {
+        match self.directive(id, after) {
+            Directive::Train(t) => t,
+            d => panic!("{id} was not handed a step: {d:?}"),
+        }
+    }
+
+    fn heartbeat(&mut self, id: &str) -> bool {
+        match self.input(Input::Heartbeat(w(id))).reply {
+            Reply::Pulse(p) => p.known,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn tick(&mut self) -> Output {
+        self.input(Input::Tick)
+    }
+
+    /// A heartbeat from `id`, then a tick; both outputs merged.
+    fn beat_and_tick(&mut self, id: &str) -> Output {
+        let mut o = self.input(Input::Heartbeat(w(id)));
+        let t = self.tick();
+        o.reasons.extend(t.reasons);
+        o.effects.extend(t.effects);
+        o
+    }
+
+    fn report(&mut self, t: &TrainStep, id: &str, outcome: StepOutcome) -> Output {
+        self.input(Input::ReportStep(StepReport {
+            worker: w(id),
+            step: t.step,
+            quorum: t.quorum,
+            rank: t.rank,
+            outcome,
+            timings: StepTimings::default(),
+        }))
+    }
+
+    fn applied(&mut self, t: &TrainStep, id: &str, digest: &str) -> Output {
+        self.report(t, id, applied(digest))
+    }
+
+    fn manifest_written(&mut self, step: u64, ok: bool) -> Output {
+        self.input(Input::ManifestWritten(ManifestWritten {
+            step: Step(step),
+            dir: format!("ckpt/{step}"),
+            commit_error: (!ok).then(|| "store down".to_string()),
+            retention_error: None,
+        }))
+    }
+
+    fn phase(&self) -> &Phase {
+        self.m.phase()
+    }
+
+    fn ranks(&self) -> Vec<String> {
+        self.m
+            .quorum()
+            .unwrap()
+            .ranks
+            .iter()
+            .map(|r| r.0.clone())
+            .collect()
+    }
+
+    /// Trains `ids` through `step` (every rank reports the digest "x").
+    fn commit_step(&mut self, ids: &[&str], step: u64) {
+        let after = step.checked_sub(1);
+        let ts: Vec<TrainStep> = ids.iter().map(|id| self.train(id, after)).collect();
+        for (t, id) in ts.iter().zip(ids) {
+            assert_eq!(t.step, Step(step));
+            self.applied(t, id, "x");
+        }
+        assert_eq!(self.m.step(), Step(step + 1), "step {step} did not commit");
+    }
+}
+
+fn applied(digest: &str) -> StepOutcome {
+    StepOutcome::Applied(Applied {
+        loss: 1.0,
+        param_digest: digest.into(),
+        ..Applied::default()
+    })
+}
+
+fn collective_failed() -> StepOutcome {
+    StepOutcome::CollectiveFailed {
+        error: "peer rank 1 (127.0.0.1:1) closed the connection during all-reduce".into(),
+    }
+}
+
+fn commits(o: &Output) -> Vec<&steps::Commit> {
+    o.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RecordCommit(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn manifests(o: &Output) -> Vec<&CompletedSave> {
+    o.effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::WriteManifest(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(o: &Output) -> Option<&Outcome> {
+    o.effects.iter().find_map(|e| match e {
+        Effect::Finish(x) => Some(x),
+        _ => None,
+    })
+}
+
+fn wait_reason(d: &Directive) -> &str {
+    match d {
+        Directive::Wait { reason } => reason,
+        d => panic!("not a wait: {d:?}"),
+    }
+}
+
+#[test]
+fn quorum_forms_when_expected_workers_register_ranked_by_id() {
+    let mut s = Sim::new(settings(2, 3));
+    s.register(member("w1"));
+    let d = s.directive("w1", None);
+    assert_eq!(wait_reason(&d), "waiting for 2 workers, 1 registered");
+    s.register(member("w0"));
+    assert_eq!(s.ranks(), ["w0", "w1"]);
+    let d0 = s.train("w0", None);
+    let d1 = s.train("w1", None);
+    assert_eq!((d0.rank, d1.rank), (0, 1));
+    assert_eq!(d0.rows.len(), 4);
+    assert_eq!((d0.first_position, d1.first_position), (0, 4));
+    let all: Vec<u64> = d0.rows.iter().chain(&d1.rows).copied().collect();
+    assert_eq!(all, s.m.settings().run.plan.global_batch(0));
+    assert_eq!(d0.lr, 0.0, "first update has lr 0 during warmup");
+}
+
+#[test]
+fn a_step_commits_only_when_every_rank_reported_the_same_digest() {
+    let mut s = Sim::new(settings(2, 2));
+    s.register(member("a"));
+    s.register(member("b"));
+    let (da, db) = (s.train("a", None), s.train("b", None));
+    assert!(commits(&s.applied(&da, "a", "x")).is_empty());
+    assert_eq!(wait_reason(&s.directive("a", Some(0))), "step 0 in flight");
+    let o = s.applied(&db, "b", "x");
+    let c = commits(&o);
+    assert_eq!((c[0].step, c[0].reports.len()), (Step(0), 2));
+    let d = s.train("a", Some(0));
+    assert_eq!(d.step, Step(1));
+    assert_eq!(d.lr, 0.25);
+    let db = s.train("b", Some(0));
+    s.applied(&d, "a", "y");
+    s.applied(&db, "b", "z");
+    match s.phase() {
+        Phase::Failed(why) => assert!(
+            why.starts_with("replicas diverged at step 1: rank 1"),
+            "{why}"
+        ),
+        p => panic!("{p:?}"),
+    }
+    assert!(matches!(s.directive("a", Some(1)), Directive::Stop { .. }));
+}
+
+#[test]
+fn the_last_commit_finishes_the_run() {
+    let mut s = Sim::new(settings(1, 1));
+    s.register(member("solo"));
+    let d = s.train("solo", None);
+    assert_eq!(d.world_size, 1);
+    assert_eq!(d.rows.len(), 8);
+    assert_eq!(commits(&s.applied(&d, "solo", "x")).len(), 1);
+    assert_eq!(s.phase(), &Phase::Done);
+    assert_eq!(
+        s.directive("solo", Some(0)),
+        Directive::Done {
+            steps: 1,
+            write_outputs: true
+        }
+    );
+}
+
+#[test]
+fn a_silent_worker_is_evicted_and_the_survivors_redo_the_step_re_sliced() {
+    let mut s = Sim::new(settings(2, 5));
+    s.register(member("a"));
+    s.register(member("b"));
+    // Step 0 handed to both; b vanishes; a's all-reduce fails.
+    let (da, _db) = (s.train("a", None), s.train("b", None));
+    s.report(&da, "a", collective_failed());
+    assert_eq!(
+        s.phase(),
+        &Phase::Running,
+        "a lost peer does not fail the run"
+    );
+    assert!(wait_reason(&s.directive("a", None)).contains("re-forming"));
+    s.at(3);
+    assert!(s.heartbeat("a"));
+    assert!(s.tick().reasons.is_empty());
+    s.at(6);
+    assert_eq!(
+        s.tick().reasons,
+        [
+            "worker b missed heartbeats for more than 5000 ms",
+            "quorum 2 formed with 1 workers (a); step 0 is redone"
+        ]
+    );
+    assert!(!s.heartbeat("b"));
+    // a redoes step 0 alone, with the whole global batch.
+    let d = s.train("a", None);
+    assert_eq!((d.step, d.quorum, d.world_size), (Step(0), QuorumId(2), 1));
+    assert_eq!(d.rows, s.m.settings().run.plan.global_batch(0));
+    // b's late report of the old quorum is refused.
+    let late = s.input(Input::ReportStep(StepReport {
+        worker: w("b"),
+        step: Step(0),
+        quorum: QuorumId(1),
+        rank: 1,
+        outcome: applied("x"),
+        timings: StepTimings::default(),
+    }));
+    assert!(matches!(late.reply, Reply::Refused(_)), "{late:?}");
+    assert_eq!(commits(&s.applied(&d, "a", "y"))[0].step, Step(0));
+}
+
+#[test]
+fn survivors_that_cannot_all_reduce_with_everyone_alive_re_form_after_the_timeout() {
+    let mut s = Sim::new(settings(2, 5));
+    s.register(member("a"));
+    s.register(member("b"));
+    let da = s.train("a", None);
+    s.report(&da, "a", collective_failed());
+    for t in [3, 6] {
+        s.at(t);
+        s.heartbeat("a");
+        s.heartbeat("b");
+        s.tick();
+    }
+    assert_eq!(s.m.quorum().unwrap().id, QuorumId(2));
+    assert_eq!(s.ranks(), ["a", "b"]);
+    assert!(matches!(s.directive("b", None), Directive::Train(_)));
+}
+
+#[test]
+fn losing_every_training_worker_fails_the_run_naming_them() {
+    let mut s = Sim::new(settings(1, 5));
+    s.register(member("a"));
+    s.at(6);
+    let why = s.tick().reasons;
+    assert_eq!(why, ["worker a missed heartbeats for more than 5000 ms"]);
+    assert_eq!(
+        s.phase(),
+        &Phase::Failed(
+            "worker a missed heartbeats for more than 5000 ms; no training worker is left at step 0"
+                .into()
+        )
+    );
+}
+
+fn shard(id: &str, step: u64, rank: u32, world: u32) -> ShardReport {
+    ShardReport {
+        worker: w(id),
+        step: Step(step),
+        rank,
+        world_size: world,
+        outcome: ShardOutcome::Uploaded {
+            entry: ShardEntry {
+                file: format!("shard-{rank}"),
+                sha256: "00".into(),
+                size: 1,
+                start: 0,
+                len: 0,
+            },
+            index: (rank == 0).then(|| StateIndex {
+                tensors: vec![TensorEntry {
+                    name: "params/w".into(),
+                    shape: vec![1],
+                    offset: 0,
+                }],
+                numel: 1,
+                optimizer_count: step + 1,
+            }),
+        },
+    }
+}
+
+#[test]
+fn saves_complete_when_every_shard_and_the_commit_are_in() {
+    let mut f = settings(2, 4);
+    f.save_interval = 2;
+    f.stop_after = Some(3);
+    f.save_final = true;
+    assert_eq!(f.end(), 3);
+    assert!(!f.saves_after(Step(0)) && f.saves_after(Step(1)) && f.saves_after(Step(2)));
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    for step in 0..2u64 {
+        let (da, db) = (
+            s.train("a", step.checked_sub(1)),
+            s.train("b", step.checked_sub(1)),
+        );
+        assert_eq!(da.save_to.is_some(), step == 1);
+        if step == 1 {
+            assert_eq!(da.save_to.as_deref(), Some("ckpt/step-000000001"));
+            // Shards may arrive before the step commits.
+            assert!(manifests(&s.input(Input::ReportShard(shard("a", 1, 0, 2)))).is_empty());
+            let o = s.input(Input::ReportShard(shard("b", 1, 1, 2)));
+            assert!(manifests(&o).is_empty(), "not committed yet");
+        }
+        s.applied(&da, "a", "x");
+        let o = s.applied(&db, "b", "x");
+        if step == 1 {
+            let saves = manifests(&o);
+            assert_eq!(saves.len(), 1);
+            let c = saves[0];
+            assert_eq!(
+                (
+                    c.step,
+                    c.shards.len(),
+                    c.commit.step,
+                    c.shards[0].file.as_str()
+                ),
+                (Step(1), 2, Step(1), "shard-0")
+            );
+            assert_eq!(c.index.optimizer_count, 2);
+        }
+    }
+    let mut bad = shard("a", 2, 0, 2);
+    bad.outcome = ShardOutcome::Failed {
+        error: "store timed out".into(),
+    };
+    let o = s.input(Input::ReportShard(bad));
+    assert_eq!(
+        o.reasons,
+        ["worker a could not save step 2: store timed out"]
+    );
+    assert!(o.effects.iter().any(|e| matches!(
+        e,
+        Effect::Event(Event::CheckpointFailed { reason }) if reason.contains("store timed out")
+    )));
+}
+
+#[test]
+fn bad_registrations_and_stale_reports_are_refused_with_reasons() {
+    let mut s = Sim::new(settings(1, 3));
+    let mut old = member("x");
+    old.protocol_version = 0;
+    match s.register(old) {
+        Reply::Refused(r) => assert_eq!(
+            r.to_string(),
+            "worker x speaks protocol 0, the coordinator speaks 2"
+        ),
+        r => panic!("{r:?}"),
+    }
+    s.register(member("a"));
+    // A late worker is admitted as a standby until a peer's state is copied to it.
+    s.register(member("late"));
+    assert!(!s.m.members().get(&w("late")).unwrap().synced);
+    let d = s.directive("a", None);
+    assert!(matches!(d, Directive::SendState { .. }), "{d:?}");
+    s.input(Input::ReportTransfer(TransferReport {
+        worker: w("a"),
+        step: Step(0),
+        sender: true,
+        error: None,
+    }));
+    s.input(Input::ReportTransfer(TransferReport {
+        worker: w("late"),
+        step: Step(0),
+        sender: false,
+        error: Some("no donor connected within 3000 ms".into()),
+    }));
+    assert!(
+        !s.m.members().contains(&w("late")),
+        "a failed join drops the joiner"
+    );
+    let d = s.train("a", None);
+    let mut r = StepReport {
+        worker: w("a"),
+        step: Step(7),
+        quorum: d.quorum,
+        rank: d.rank,
+        outcome: applied("x"),
+        timings: StepTimings::default(),
+    };
+    match s.input(Input::ReportStep(r.clone())).reply {
+        Reply::Refused(e) => assert!(e.to_string().starts_with("stale report from a (step 7")),
+        x => panic!("{x:?}"),
+    }
+    r.step = Step(0);
+    r.outcome = StepOutcome::Failed {
+        error: "peer rank 1 closed the connection".into(),
+    };
+    s.input(Input::ReportStep(r));
+    assert_eq!(
+        s.phase(),
+        &Phase::Failed("worker a failed step 0: peer rank 1 closed the connection".into())
+    );
+}
+
+#[test]
+fn eval_jobs_follow_every_k_committed_checkpoints_and_the_last() {
+    let mut f = settings(2, 6);
+    (f.eval_every, f.eval_at_end) = (2, true);
+    let mut s = Sim::new(f);
+    for (step, ok) in [(0, true), (1, false), (2, true), (3, true), (5, true)] {
+        s.manifest_written(step, ok);
+    }
+    // Committed: 0, 2, 3, 5 -> the 2nd (2), the 4th (5), and 5 is also the last.
+    assert_eq!(s.m.evals.queued(), [Step(2), Step(5)]);
+}
+
+fn eval_done(s: &mut Sim, id: &str, step: u64) -> Output {
+    s.input(Input::ReportEval(EvalReport {
+        worker: w(id),
+        step: Step(step),
+        seconds: 1.0,
+        outcome: EvalOutcome::Scored(vec![]),
+    }))
+}
+
+#[test]
+fn an_eval_worker_takes_jobs_and_training_never_waits_for_it() {
+    let mut f = settings(2, 4);
+    f.eval_every = 1;
+    // Jobs wait for an eval worker (else rank 0 would take the requeued job at once).
+    f.eval_inline = false;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    s.register(eval_member("e"));
+    assert_eq!(s.ranks(), ["a", "b"], "eval workers do not train");
+    assert!(matches!(s.directive("e", None), Directive::Wait { .. }));
+    s.commit_step(&["a", "b"], 0);
+    s.manifest_written(0, true);
+    assert_eq!(
+        s.directive("e", None),
+        Directive::Eval(EvalJob {
+            step: Step(0),
+            dir: "ckpt/0".into()
+        })
+    );
+    // Training goes on while the job runs.
+    s.commit_step(&["a", "b"], 1);
+    assert_eq!(s.m.evals.outstanding(), 1);
+    // A stale or foreign report is refused; the right one is recorded, then complete.
+    assert!(matches!(eval_done(&mut s, "a", 0).reply, Reply::Refused(_)));
+    let o = eval_done(&mut s, "e", 0);
+    assert!(
+        matches!(o.effects[..], [Effect::RecordEval { .. }]),
+        "{o:?}"
+    );
+    assert_eq!(s.m.evals.outstanding(), 1, "outstanding until recorded");
+    s.input(Input::EvalRecorded {
+        worker: w("e"),
+        step: Step(0),
+    });
+    assert_eq!(s.m.evals.outstanding(), 0);
+    // A silent eval worker's job goes back to the queue.
+    s.manifest_written(1, true);
+    assert!(matches!(s.directive("e", None), Directive::Eval(_)));
+    s.at(4);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    s.at(6);
+    s.tick();
+    assert!(!s.m.members().has_eval_worker());
+    assert_eq!(s.m.evals.queued(), [Step(1)]);
+}
+
+#[test]
+fn without_an_eval_worker_rank_0_evaluates_at_a_step_boundary_only() {
+    let mut f = settings(2, 3);
+    (f.eval_every, f.eval_at_end, f.save_final) = (1, true, true);
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    // b was handed step 1 before the checkpoint of step 0 committed: no eval until step 1
+    // is done, or a would leave b waiting in the all-reduce.
+    let db = s.train("b", Some(0));
+    s.manifest_written(0, true);
+    let da = s.train("a", Some(0));
+    assert_eq!(da.step, Step(1));
+    s.applied(&da, "a", "x");
+    s.applied(&db, "b", "x");
+    // At the boundary: b waits, a evaluates, then step 2 goes on.
+    assert!(matches!(s.directive("b", Some(1)), Directive::Wait { .. }));
+    assert_eq!(
+        s.directive("a", Some(1)),
+        Directive::Eval(EvalJob {
+            step: Step(0),
+            dir: "ckpt/0".into()
+        })
+    );
+    assert_eq!(
+        wait_reason(&s.directive("b", Some(1))),
+        "rank 0 is evaluating step 0"
+    );
+    eval_done(&mut s, "a", 0);
+    s.input(Input::EvalRecorded {
+        worker: w("a"),
+        step: Step(0),
+    });
+    s.commit_step(&["a", "b"], 2);
+    assert_eq!(s.phase(), &Phase::Done);
+    // The run is over but its last checkpoint is still on its way: the workers are held,
+    // then rank 0 evaluates it, then everyone is done.
+    assert!(matches!(s.directive("a", Some(2)), Directive::Wait { .. }));
+    s.input(Input::ReportShard(shard("a", 2, 0, 2)));
+    let o = s.input(Input::ReportShard(shard("b", 2, 1, 2)));
+    assert_eq!(manifests(&o).len(), 1);
+    assert!(matches!(s.directive("b", Some(2)), Directive::Wait { .. }));
+    s.manifest_written(2, true);
+    assert!(matches!(s.directive("b", Some(2)), Directive::Wait { .. }));
+    assert!(matches!(s.directive("a", Some(2)), Directive::Eval(j) if j.step == Step(2)));
+    eval_done(&mut s, "a", 2);
+    s.input(Input::EvalRecorded {
+        worker: w("a"),
+        step: Step(2),
+    });
+    assert!(matches!(s.directive("a", Some(2)), Directive::Done { .. }));
+    assert!(matches!(s.directive("b", Some(2)), Directive::Done { .. }));
+}
+
+/// The fault of issue 10: a peer dies late in the ring, after one survivor's all-reduce
+/// completed. That survivor applied a correct step; the run commits it and brings the other
+/// survivor to the same state by a copy, instead of stopping either of them.
+#[test]
+fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
+    // A batch of 24 in shards of 4 splits over 3, 2 or 1 workers.
+    let mut s = Sim::new(settings_for(3, 6, 24, 4));
+    for id in ["a", "b", "c"] {
+        s.register(member(id));
+    }
+    s.commit_step(&["a", "b", "c"], 0);
+    let (da, db, _dc) = (
+        s.train("a", Some(0)),
+        s.train("b", Some(0)),
+        s.train("c", Some(0)),
+    );
+    // c dies in the all-gather: a had everything it needed, b did not.
+    assert!(commits(&s.applied(&da, "a", "x1")).is_empty());
+    s.report(&db, "b", collective_failed());
+    assert!(
+        wait_reason(&s.directive("a", Some(1))).contains("re-forming"),
+        "nothing is decided while c may still report"
+    );
+    s.at(4);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    s.at(6);
+    let o = s.tick();
+    assert_eq!(
+        o.reasons,
+        [
+            "worker c missed heartbeats for more than 5000 ms",
+            "quorum 2 formed with 1 workers (a); step 1 committed by the survivors that applied it (b will receive a peer's state)"
+        ]
+    );
+    let c = commits(&o);
+    assert_eq!((c[0].step, c[0].reports.len()), (Step(1), 1));
+    assert_eq!(s.phase(), &Phase::Running);
+    assert_eq!(s.m.step(), Step(2));
+    // b receives a's state at the boundary of step 2, then both train it.
+    assert_eq!(
+        s.directive("a", Some(1)),
+        Directive::SendState {
+            step: Step(2),
+            to: "127.0.0.1:1".into()
+        }
+    );
+    assert!(matches!(
+        s.directive("b", Some(0)),
+        Directive::ReceiveState { step: Step(2), .. }
+    ));
+    for (id, sender) in [("a", true), ("b", false)] {
+        s.input(Input::ReportTransfer(TransferReport {
+            worker: w(id),
+            step: Step(2),
+            sender,
+            error: None,
+        }));
+    }
+    assert_eq!(s.ranks(), ["a", "b"]);
+    s.commit_step(&["a", "b"], 2);
+}
+
+#[test]
+fn a_step_every_survivor_applied_commits_without_a_copy() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let _da = s.train("a", None);
+    let db = s.train("b", None);
+    // a is killed after its all-reduce finished; b applied it too.
+    s.applied(&db, "b", "x");
+    s.at(4);
+    s.heartbeat("b");
+    let o = s.tick();
+    assert_eq!(
+        commits(&o).len(),
+        0,
+        "a may still report: nothing is broken yet"
+    );
+    s.at(6);
+    let o = s.tick();
+    assert_eq!(
+        o.reasons[0],
+        "worker a missed heartbeats for more than 5000 ms"
+    );
+    assert_eq!(commits(&o)[0].step, Step(0));
+    assert_eq!(s.ranks(), ["b"]);
+    s.commit_step(&["b"], 1);
+}
+
+#[test]
+fn survivors_that_applied_different_states_fail_the_run() {
+    let mut s = Sim::new(settings(2, 6));
+    for id in ["a", "b"] {
+        s.register(member(id));
+    }
+    let (da, db) = (s.train("a", None), s.train("b", None));
+    s.applied(&da, "a", "x");
+    s.applied(&db, "b", "y");
+    match s.phase() {
+        Phase::Failed(why) => assert!(why.starts_with("replicas diverged at step 0"), "{why}"),
+        p => panic!("{p:?}"),
+    }
+}
+
+#[test]
+fn a_broken_quorum_waits_for_every_live_member_that_was_handed_the_step() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let da = s.train("a", None);
+    let db = s.train("b", None);
+    s.report(&da, "a", collective_failed());
+    // Past the transient timeout, but b (alive, handed the step) has not said what it did.
+    s.at(6);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    assert!(s.tick().reasons.is_empty());
+    assert!(s.heartbeat("b"));
+    let o = s.applied(&db, "b", "x");
+    assert_eq!(commits(&o)[0].step, Step(0), "b applied it: it commits");
+    assert_eq!(s.ranks(), ["b"]);
+    assert!(matches!(
+        s.directive("a", None),
+        Directive::ReceiveState { .. }
+    ));
+}
+
+#[test]
+fn a_long_poll_never_changes_membership() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let da = s.train("a", None);
+    s.report(&da, "a", collective_failed());
+    // Long past a's timeout, only reads (and b's heartbeats): nobody is evicted, the quorum
+    // stays.
+    s.at(60);
+    s.heartbeat("b");
+    for _ in 0..3 {
+        for id in ["a", "b", "stranger"] {
+            s.directive(id, None);
+        }
+        s.input(Input::Status);
+    }
+    assert!(s.m.members().contains(&w("b")));
+    assert_eq!(s.m.quorum().unwrap().id, QuorumId(1));
+    // The tick decides.
+    assert_eq!(
+        s.tick().reasons,
+        [
+            "worker a missed heartbeats for more than 5000 ms",
+            "quorum 2 formed with 1 workers (b); step 0 is redone"
+        ]
+    );
+}
+
+#[test]
+fn a_done_run_waits_for_its_last_save_then_for_its_workers_to_hear_it() {
+    let mut f = settings(1, 1);
+    f.save_final = true;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    let d = s.train("a", None);
+    let o = s.applied(&d, "a", "x");
+    assert!(finished(&o).is_none(), "the last save is on its way");
+    assert_eq!(
+        s.m.next_deadline(),
+        Some(s.t0 + Duration::from_secs(5) + Duration::from_millis(1)),
+        "the first deadline is a's heartbeat"
+    );
+    s.at(3);
+    s.heartbeat("a");
+    s.input(Input::ReportShard(shard("a", 0, 0, 1)));
+    let o = s.manifest_written(0, true);
+    assert!(
+        finished(&o).is_none(),
+        "a has not heard that the run is done"
+    );
+    let o = s.input(Input::NextDirective {
+        worker: w("a"),
+        after: Some(Step(0)),
+    });
+    assert_eq!(finished(&o), Some(&Outcome::Done { steps: 1 }));
+    assert!(finished(&s.tick()).is_none(), "the run ends once");
+}
+
+#[test]
+fn the_end_of_run_holds_expire() {
+    let mut f = settings(1, 1);
+    f.save_final = true;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    let d = s.train("a", None);
+    s.applied(&d, "a", "x");
+    // The shard never comes and a never asks again: 60 s for the save, then 10 s for a.
+    for t in [4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56] {
+        s.at(t);
+        assert!(finished(&s.beat_and_tick("a")).is_none(), "ended at {t} s");
+    }
+    s.at(61);
+    let o = s.beat_and_tick("a");
+    assert!(finished(&o).is_none());
+    assert!(
+        o.reasons[0].contains("the last checkpoint was not complete 60 s"),
+        "{:?}",
+        o.reasons
+    );
+    assert_eq!(s.m.next_deadline().map(|d| d > s.now), Some(true));
+    s.at(65);
+    assert!(finished(&s.beat_and_tick("a")).is_none());
+    s.at(71);
+    assert_eq!(
+        finished(&s.beat_and_tick("a")),
+        Some(&Outcome::Done { steps: 1 })
+    );
+}
+
+#[test]
+fn a_failed_run_ends_once_its_workers_heard_it() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let da = s.train("a", None);
+    let o = s.report(
+        &da,
+        "a",
+        StepOutcome::Failed {
+            error: "negative token id".into(),
+        },
+    );
+    assert!(finished(&o).is_none());
+    assert!(matches!(s.directive("a", Some(0)), Directive::Stop { .. }));
+    let o = s.input(Input::NextDirective {
+        worker: w("b"),
+        after: None,
+    });
+    assert_eq!(
+        finished(&o),
+        Some(&Outcome::Failed(
+            "worker a failed step 0: negative token id".into()
+        ))
+    );
+}
+
+#[test]
+fn a_save_that_failed_before_its_step_committed_is_not_reopened_by_the_commit() {
+    let mut f = settings(1, 4);
+    f.save_interval = 1;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    let d = s.train("a", None);
+    let mut failed = shard("a", 0, 0, 1);
+    failed.outcome = ShardOutcome::Failed {
+        error: "store timed out".into(),
+    };
+    assert_eq!(s.input(Input::ReportShard(failed)).reasons.len(), 1);
+    let o = s.applied(&d, "a", "x");
+    assert!(manifests(&o).is_empty());
+    assert!(
+        !s.m.saves.saving(),
+        "nothing can complete the save of step 0"
+    );
+}
+
+#[test]
+fn a_worker_left_out_of_a_quorum_is_a_standby_until_a_copy() {
+    // Three register for a run of two: the third is not synced, and joins by a copy at the
+    // first boundary where the batch splits three ways (8 does not: it stays a standby).
+    let mut s = Sim::new(settings(2, 6));
+    for id in ["a", "b", "c"] {
+        s.register(member(id));
+    }
+    assert_eq!(s.ranks(), ["a", "b"]);
+    assert!(!s.m.members().get(&w("c")).unwrap().synced);
+    assert!(wait_reason(&s.directive("c", None)).starts_with("standby"));
+    s.commit_step(&["a", "b"], 0);
+    assert!(wait_reason(&s.directive("c", None)).starts_with("standby"));
+}
