@@ -1,6 +1,8 @@
-//! `elf sample` and `elf eval` end to end on a checkpoint written by a real tiny training run:
-//! unconditional generation scored by a GPT-2 (the random one of scripts/reference), conditional
-//! generation scored by BLEU/ROUGE on the committed de-en pairs, and the bad-input errors.
+//! Evaluation end to end: `elf sample` and `elf eval` on a checkpoint written by a real tiny
+//! training run (unconditional generation scored by a GPT-2, the random one of
+//! scripts/reference; conditional generation scored by BLEU/ROUGE on the committed de-en
+//! pairs; the bad-input errors), and the coordinator's eval jobs during training. The tests
+//! run one at a time: the eval-jobs test is a cluster of its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -16,7 +18,9 @@ fn elf(args: &[&str]) -> Output {
     elf_e2e::run_in_repo(env!("CARGO_BIN_EXE_elf"), args)
 }
 
-use elf_e2e::{err_line, ok};
+use elf_e2e::{Elf, Proc, T, err_line, http_get, lines, ok, promtool, repo_root, serial};
+
+const ELF: Elf = Elf(env!("CARGO_BIN_EXE_elf"));
 
 /// A tiny run with checkpoints at steps 9 and 19 (shared by the tests).
 fn run() -> &'static Path {
@@ -52,6 +56,7 @@ fn read_json(p: &Path) -> Value {
 
 #[test]
 fn sample_writes_jsonl_for_every_sampling_config_and_is_deterministic() {
+    let _serial = serial();
     let ckpt = run().join("checkpoints");
     let out = tempfile::tempdir().unwrap();
     let mut texts = vec![];
@@ -106,6 +111,7 @@ fn sample_writes_jsonl_for_every_sampling_config_and_is_deterministic() {
 
 #[test]
 fn eval_scores_unconditional_samples_with_gpt2_and_conditional_ones_with_bleu_rouge() {
+    let _serial = serial();
     let ckpt = run().join("checkpoints");
     let out = tempfile::tempdir().unwrap();
     let gpt2 = root().join("model/tests/fixtures/gpt2");
@@ -174,6 +180,7 @@ fn eval_scores_unconditional_samples_with_gpt2_and_conditional_ones_with_bleu_ro
 
 #[test]
 fn eval_bad_inputs_fail_with_one_clear_line() {
+    let _serial = serial();
     let ckpt = run().join("checkpoints");
     // A folder with no manifest.
     let e = err_line(&elf(&["eval", "--checkpoint", run().to_str().unwrap()]));
@@ -214,6 +221,7 @@ fn eval_bad_inputs_fail_with_one_clear_line() {
 
 #[test]
 fn plot_draws_the_loss_parts_and_the_eval_metrics_of_a_run() {
+    let _serial = serial();
     let evals = std::fs::read_to_string(run().join("metrics/eval.jsonl")).unwrap();
     assert_eq!(evals.lines().count(), 2, "checkpoints 9 and 19 evaluated");
     let out = tempfile::tempdir().unwrap();
@@ -250,4 +258,129 @@ fn plot_draws_the_loss_parts_and_the_eval_metrics_of_a_run() {
     assert_eq!(points.split(' ').count(), 20);
     let e = err_line(&elf(&["plot", out.path().to_str().unwrap()]));
     assert!(e.contains("train.jsonl"), "{e}");
+}
+
+fn eval_settings(gpt2: &str) -> Vec<String> {
+    [
+        "checkpoint.interval_steps=5",
+        "eval.every_checkpoints=2",
+        "eval.at_end=true",
+        "eval.num_samples=3",
+        &format!("eval.gpt2={gpt2}"),
+    ]
+    .iter()
+    .flat_map(|s| ["--set".to_string(), s.to_string()])
+    .collect()
+}
+
+/// Eval jobs: every second committed checkpoint and the last one, on a dedicated eval worker
+/// (training never runs them) and, without one, on rank 0 between steps; both write the same
+/// results into the manifests, `metrics/eval.jsonl`, `/status` and Prometheus.
+#[test]
+fn eval_jobs_run_on_an_eval_worker_or_between_steps_and_land_in_the_manifests() {
+    let _serial = serial();
+    let gpt2 = repo_root()
+        .join("model/tests/fixtures/gpt2")
+        .display()
+        .to_string();
+    let settings = eval_settings(&gpt2);
+    // A dedicated eval worker; jobs never fall back to the training workers.
+    let a = tempfile::tempdir().unwrap();
+    let mut extra: Vec<&str> = settings.iter().map(String::as_str).collect();
+    extra.extend(["--set", "eval.on_training_workers=false"]);
+    let mut run = ELF.cluster(a.path(), 1, 20, &extra);
+    let ready = run.coordinator.wait_event("ready", T);
+    let (url, http) = (
+        format!("http://{}", ready["addr"].as_str().unwrap()),
+        ready["http"].as_str().unwrap().to_string(),
+    );
+    let mut eval_worker = Proc::spawn(
+        "eval-worker",
+        ELF.0,
+        &[
+            "worker",
+            "--coordinator",
+            &url,
+            "--worker-id",
+            "e0",
+            "--role",
+            "eval",
+        ],
+        &[("RAYON_NUM_THREADS", "1")],
+    );
+    let first = run.coordinator.wait_event("eval", T);
+    assert_eq!(
+        first["step"], 9,
+        "every second checkpoint: steps 4, 9, 14, 19 -> 9, 19"
+    );
+    let status: Value = serde_json::from_str(&http_get(&http, "/status")).unwrap();
+    assert_eq!(status["last_eval"]["step"], 9, "{status}");
+    let metrics = http_get(&http, "/metrics");
+    assert!(
+        metrics.contains("elf_eval_value{metric=\"ppl\""),
+        "{metrics}"
+    );
+    assert!(metrics.contains("elf_eval_jobs_total 1"), "{metrics}");
+    promtool(&metrics);
+    let s = eval_worker.wait_exit(T);
+    assert!(s.success(), "eval worker failed\n{}", eval_worker.logs());
+    // The eval worker hears DONE only after training is over.
+    assert!(
+        !run.workers_mention("evaluating"),
+        "the training worker ran an eval job"
+    );
+    run.finish();
+    let evals = lines(&a.path().join("metrics/eval.jsonl"));
+    assert_eq!(
+        evals
+            .iter()
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [9, 19]
+    );
+    for e in &evals {
+        let step = e["step"].as_u64().unwrap();
+        let m: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                a.path()
+                    .join(format!("checkpoints/step-{step:09}/manifest.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["eval"]["results"], e["results"], "step {step}");
+        assert_eq!(m["eval"]["worker"], "e0");
+        for r in e["results"].as_array().unwrap() {
+            assert!(r["ppl"].as_f64().unwrap() > 1.0, "{r}");
+            assert_eq!(r["samples"], 3);
+        }
+    }
+    let m14: Value = serde_json::from_str(
+        &std::fs::read_to_string(a.path().join("checkpoints/step-000000014/manifest.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(m14["eval"].is_null(), "step 14 is not evaluated");
+    // No eval worker: rank 0 evaluates between steps, with the same results.
+    let b = tempfile::tempdir().unwrap();
+    let d = b.path().display().to_string();
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/tiny.yaml",
+        "--run-dir",
+        &d,
+        "--workers",
+        "1",
+    ];
+    args.extend(settings.iter().map(String::as_str));
+    let o = std::process::Command::new(ELF.0)
+        .args(&args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(lines(&b.path().join("metrics/eval.jsonl")), evals);
+    let log = std::fs::read_to_string(b.path().join("logs/worker-0.log")).unwrap();
+    assert!(log.contains("evaluating"), "{log}");
 }

@@ -139,6 +139,15 @@ impl Collective for Single {
 
 const MAGIC: &[u8; 4] = b"ELFR";
 
+/// What the caller hands the sender thread.
+#[derive(Debug)]
+enum Outgoing {
+    /// Bytes to write to the next rank.
+    Bytes(Vec<u8>),
+    /// Answers once everything before it was written.
+    Flushed(std::sync::mpsc::Sender<()>),
+}
+
 /// A TCP ring.
 #[derive(Debug)]
 pub struct Ring {
@@ -147,7 +156,7 @@ pub struct Ring {
     prev: TcpStream,
     prev_name: String,
     next_name: String,
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Outgoing>>,
     sender: Option<JoinHandle<()>>,
     send_error: Arc<Mutex<Option<CollectiveError>>>,
     bucket: usize,
@@ -271,7 +280,7 @@ impl Ring {
             .collect::<Result<Vec<_>, _>>()
             .map_err(CollectiveError::Setup)?;
         let aborter = Aborter(Arc::new(clones));
-        let (tx, rx): (SyncSender<Vec<u8>>, Receiver<Vec<u8>>) = sync_channel(4);
+        let (tx, rx): (SyncSender<Outgoing>, Receiver<Outgoing>) = sync_channel(4);
         let send_error = Arc::new(Mutex::new(None));
         let err = send_error.clone();
         let name = next_name.clone();
@@ -279,6 +288,13 @@ impl Ring {
             .name("elf-ring-send".into())
             .spawn(move || {
                 for msg in rx {
+                    let msg = match msg {
+                        Outgoing::Bytes(b) => b,
+                        Outgoing::Flushed(ack) => {
+                            let _ = ack.send(());
+                            continue;
+                        }
+                    };
                     if let Err(source) = out.write_all(&msg) {
                         *err.lock().expect("error lock") =
                             Some(CollectiveError::Io { peer: name, source });
@@ -310,19 +326,28 @@ impl Ring {
         self.tx
             .as_ref()
             .expect("sender alive")
-            .send(bytes)
+            .send(Outgoing::Bytes(bytes))
             .map_err(|_| CollectiveError::Closed {
                 peer: self.next_name.clone(),
             })
     }
 
-    /// Marks a phase boundary: strikes an armed test fault when its boundary is reached.
+    /// Marks a phase boundary: strikes an armed test fault when its boundary is reached, once
+    /// everything sent before it is on the wire (a peer lost *between* two phases).
     fn boundary(&mut self) {
-        if let Some((fault, passed)) = &mut self.fault {
-            if *passed == fault.boundary {
-                fault.strike();
+        let Some((fault, passed)) = self.fault.as_mut() else {
+            return;
+        };
+        let strike = (*passed == fault.boundary).then_some(*fault);
+        *passed += 1;
+        if let Some(fault) = strike {
+            let (ack, done) = std::sync::mpsc::channel();
+            if let Some(tx) = &self.tx
+                && tx.send(Outgoing::Flushed(ack)).is_ok()
+            {
+                let _ = done.recv();
             }
-            *passed += 1;
+            fault.strike();
         }
     }
 
