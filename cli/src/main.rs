@@ -1,4 +1,11 @@
-//! `elf`: the one user-facing binary (train, sample, eval, plot, config, model, data, checkpoint, bench).
+//! `elf`: the one user-facing binary (train, coordinator, worker, sample, eval, plot, config,
+//! model, data, checkpoint, bench).
+//!
+//! # Layout
+//! - [`commands`]: one file per subcommand.
+//! - [`bench`]: `elf bench`, one file per benchmark.
+//! - `out`: the one place the binary prints to stdout.
+//! - this file: the command line, logging, the allocator, and the one-line error at exit.
 
 mod bench;
 mod commands;

@@ -1,7 +1,7 @@
 //! Checkpoints end to end: resuming at another world size, a corrupt shard, the files in
 //! numpy, checkpoints on a real S3 endpoint (moto on loopback), and a storage outage.
 
-use elf_e2e::{Elf, Proc, S3, T, assert_same_run, lines, serial};
+use elf_e2e::{Elf, S3, T, assert_same_run, lines, serial};
 use serde_json::Value;
 
 const ELF: Elf = Elf(env!("CARGO_BIN_EXE_elf"));
@@ -139,14 +139,7 @@ fn a_storage_outage_fails_saves_without_stopping_training() {
     let s3 = S3::start(0);
     let env = s3.env();
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().display().to_string();
-    let cfg = ELF.tiny();
     let args = [
-        "coordinator",
-        "--config",
-        &cfg,
-        "--run-dir",
-        &d,
         "--workers",
         "1",
         "--set",
@@ -157,19 +150,14 @@ fn a_storage_outage_fails_saves_without_stopping_training() {
         "checkpoint.url=s3://elf-test/outage",
     ];
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut coordinator = Proc::spawn("coordinator", ELF.0, &args, &env_ref);
+    let mut coordinator = ELF.coordinator("coordinator", tmp.path(), &args, &env_ref);
     let url = format!(
         "http://{}",
         coordinator.wait_event("ready", T)["addr"].as_str().unwrap()
     );
     let mut w_env = env_ref.clone();
     w_env.push(("RAYON_NUM_THREADS", "1"));
-    let mut worker = Proc::spawn(
-        "worker",
-        ELF.0,
-        &["worker", "--coordinator", &url, "--worker-id", "w0"],
-        &w_env,
-    );
+    let mut worker = ELF.worker("worker", &url, "w0", &w_env);
     coordinator.wait_next("checkpoint", T);
     let port = s3.stop();
     // Saves fail and are reported; training goes on.

@@ -18,7 +18,7 @@ fn elf(args: &[&str]) -> Output {
     elf_e2e::run_in_repo(env!("CARGO_BIN_EXE_elf"), args)
 }
 
-use elf_e2e::{Elf, Proc, T, err_line, http_get, lines, ok, promtool, repo_root, serial};
+use elf_e2e::{Elf, T, err_line, http_get, lines, ok, promtool, repo_root, serial};
 
 const ELF: Elf = Elf(env!("CARGO_BIN_EXE_elf"));
 
@@ -289,23 +289,12 @@ fn eval_jobs_run_on_an_eval_worker_or_between_steps_and_land_in_the_manifests() 
     let mut extra: Vec<&str> = settings.iter().map(String::as_str).collect();
     extra.extend(["--set", "eval.on_training_workers=false"]);
     let mut run = ELF.cluster(a.path(), 1, 20, &extra);
-    let ready = run.coordinator.wait_event("ready", T);
-    let (url, http) = (
-        format!("http://{}", ready["addr"].as_str().unwrap()),
-        ready["http"].as_str().unwrap().to_string(),
-    );
-    let mut eval_worker = Proc::spawn(
+    let (url, http) = run.addresses();
+    let mut eval_worker = ELF.worker_with(
         "eval-worker",
-        ELF.0,
-        &[
-            "worker",
-            "--coordinator",
-            &url,
-            "--worker-id",
-            "e0",
-            "--role",
-            "eval",
-        ],
+        &url,
+        "e0",
+        &["--role", "eval"],
         &[("RAYON_NUM_THREADS", "1")],
     );
     let first = run.coordinator.wait_event("eval", T);
@@ -363,23 +352,8 @@ fn eval_jobs_run_on_an_eval_worker_or_between_steps_and_land_in_the_manifests() 
     assert!(m14["eval"].is_null(), "step 14 is not evaluated");
     // No eval worker: rank 0 evaluates between steps, with the same results.
     let b = tempfile::tempdir().unwrap();
-    let d = b.path().display().to_string();
-    let mut args = vec![
-        "train",
-        "--config",
-        "configs/tiny.yaml",
-        "--run-dir",
-        &d,
-        "--workers",
-        "1",
-    ];
-    args.extend(settings.iter().map(String::as_str));
-    let o = std::process::Command::new(ELF.0)
-        .args(&args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args: Vec<&str> = settings.iter().map(String::as_str).collect();
+    ELF.train_args(b.path(), 1, &args, &[]);
     assert_eq!(lines(&b.path().join("metrics/eval.jsonl")), evals);
     let log = std::fs::read_to_string(b.path().join("logs/worker-0.log")).unwrap();
     assert!(log.contains("evaluating"), "{log}");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use elf_e2e::{Elf, FT, Proc, T, assert_same_run, lines, serial, wait_for};
+use elf_e2e::{Elf, FT, T, assert_same_run, lines, serial, wait_for};
 
 const ELF: Elf = Elf(env!("CARGO_BIN_EXE_elf"));
 
@@ -48,17 +48,7 @@ fn lose_a_worker(signal: &str) {
         run.coordinator.logs()
     );
     let frozen = run.workers.pop().unwrap();
-    for w in &mut run.workers {
-        let s = w.wait_exit(T);
-        assert!(
-            s.success(),
-            "{} failed\n{}{}",
-            w.name,
-            w.logs(),
-            run.coordinator.logs()
-        );
-    }
-    run.coordinator.expect_success(T);
+    run.finish_as(&format!("kill {signal}"));
     drop(frozen); // SIGKILL, also for the frozen one
     let train = lines(&tmp.path().join("metrics/train.jsonl"));
     assert_eq!(train.len() as u64, steps, "every step committed once");
@@ -103,17 +93,11 @@ fn a_restarted_coordinator_resumes_and_the_workers_reconnect() {
         }
     }
     run.coordinator.kill();
-    let d = tmp.path().display().to_string();
     let max = format!("train.max_steps={steps}");
-    let mut again = Proc::spawn(
+    let mut again = ELF.coordinator(
         "coordinator-2",
-        ELF.0,
+        tmp.path(),
         &[
-            "coordinator",
-            "--config",
-            &ELF.tiny(),
-            "--run-dir",
-            &d,
             "--workers",
             "2",
             "--listen",
@@ -176,16 +160,10 @@ fn a_coordinator_killed_before_the_manifest_leaves_the_previous_checkpoint_lates
         std::fs::read_to_string(ckpt.join("latest")).unwrap().trim(),
         "step-000000003"
     );
-    let d = tmp.path().display().to_string();
-    let mut again = Proc::spawn(
+    let mut again = ELF.coordinator(
         "coordinator-2",
-        ELF.0,
+        tmp.path(),
         &[
-            "coordinator",
-            "--config",
-            &ELF.tiny(),
-            "--run-dir",
-            &d,
             "--workers",
             "1",
             "--set",
@@ -267,12 +245,8 @@ fn a_worker_joining_mid_run_gets_a_peers_state_and_enters_the_quorum() {
             break;
         }
     }
-    run.workers.push(Proc::spawn(
-        "worker-2",
-        ELF.0,
-        &["worker", "--coordinator", &url, "--worker-id", "w2"],
-        &[("RAYON_NUM_THREADS", "1")],
-    ));
+    run.workers
+        .push(ELF.worker("worker-2", &url, "w2", &[("RAYON_NUM_THREADS", "1")]));
     let joined = run.coordinator.wait_next("joined", T);
     assert_eq!(
         (joined["worker_id"].as_str(), joined["world_size"].as_u64()),
@@ -315,23 +289,8 @@ fn survive_a_ring_fault(reference: &std::path::Path, steps: u64, rank: usize, fa
         }
     });
     let mut faulty = run.workers.remove(rank);
-    for w in &mut run.workers {
-        let s = w.wait_exit(T);
-        assert!(
-            s.success(),
-            "{fault} on rank {rank}: {} failed\n{}{}{}",
-            w.name,
-            w.logs(),
-            faulty.logs(),
-            run.coordinator.logs()
-        );
-    }
-    let s = run.coordinator.wait_exit(T);
-    assert!(
-        s.success(),
-        "{fault} on rank {rank}: the run failed\n{}",
-        run.coordinator.logs()
-    );
+    let what = format!("{fault} on rank {rank}");
+    run.finish_as(&what);
     assert!(
         faulty.logs().contains("failpoint: ring fault"),
         "{fault} on rank {rank}: the failpoint never fired\n{}",
@@ -403,24 +362,8 @@ fn workers_killed_at_random_instants_never_fail_the_run() {
         let mut run = ELF.cluster(tmp.path(), 3, steps, &FAST);
         run.coordinator.wait_next("step", T);
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let mut dead = run.workers.remove(victim);
-        dead.kill();
-        for w in &mut run.workers {
-            let s = w.wait_exit(T);
-            assert!(
-                s.success(),
-                "{what}: {} failed\n{}{}",
-                w.name,
-                w.logs(),
-                run.coordinator.logs()
-            );
-        }
-        let s = run.coordinator.wait_exit(T);
-        assert!(
-            s.success(),
-            "{what}: the run failed\n{}",
-            run.coordinator.logs()
-        );
+        run.workers.remove(victim).kill();
+        run.finish_as(&what);
         assert_eq!(
             lines(&tmp.path().join("metrics/train.jsonl")).len() as u64,
             steps,

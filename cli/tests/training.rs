@@ -164,20 +164,7 @@ fn configs_the_coordinator_rejects_fail_with_one_line() {
         e.len() == 1 && e[0].contains("bad.yaml") && e[0].contains("global_batch_sise"),
         "{e:?}"
     );
-    let mut c = Proc::spawn(
-        "coordinator",
-        ELF.0,
-        &[
-            "coordinator",
-            "--config",
-            &ELF.tiny(),
-            "--run-dir",
-            &d,
-            "--workers",
-            "3",
-        ],
-        &[],
-    );
+    let mut c = ELF.coordinator("coordinator", tmp.path(), &["--workers", "3"], &[]);
     assert!(!c.wait_exit(T).success());
     let e = c.error_lines();
     assert!(

@@ -16,11 +16,13 @@
 //! - [`refusal`]: why a request is refused, and the one mapping to gRPC status codes.
 //! - [`recorder`]: the metrics files (`metrics/*.jsonl`), on their own thread.
 //! - [`storage`]: manifests, retention and eval results in the store, on their own thread.
+//! - [`io_thread`]: the ordered IO thread both run on.
 //! - [`metrics`]: Prometheus metrics.
 //! - this file: [`start`], which finds where the run resumes, binds the listeners and starts
 //!   the driver, the service and the HTTP endpoint.
 
 pub mod driver;
+pub mod io_thread;
 pub mod metrics;
 pub mod recorder;
 pub mod refusal;

@@ -10,12 +10,11 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use anyhow::Context;
 use serde_json::json;
 
+use crate::io_thread::IoThread;
 use crate::state::steps::Commit;
 
 /// One committed step to record, with its wall-clock figures.
@@ -31,10 +30,7 @@ pub struct Line {
 
 /// The metrics files of a run and the thread that appends to them.
 #[derive(Debug)]
-pub struct Recorder {
-    tx: Option<mpsc::Sender<Line>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Recorder(IoThread<Line>);
 
 struct Files {
     dir: PathBuf,
@@ -93,42 +89,23 @@ impl Recorder {
             start_step,
             config_hash,
         };
-        let (tx, rx) = mpsc::channel::<Line>();
-        let thread = std::thread::Builder::new()
-            .name("elf-metrics".into())
-            .spawn(move || {
-                for line in rx {
-                    if let Err(e) = files.write(&line) {
-                        tracing::error!(error = %format!("{e:#}"), "cannot write the metrics files");
-                    }
-                }
-            })
-            .context("cannot start the metrics thread")?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
+        let thread = IoThread::start("elf-metrics", move |line: Line| {
+            if let Err(e) = files.write(&line) {
+                tracing::error!(error = %format!("{e:#}"), "cannot write the metrics files");
+            }
         })
+        .context("cannot start the metrics thread")?;
+        Ok(Self(thread))
     }
 
     /// Queues a commit for writing.
     pub fn record(&self, line: Line) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(line);
-        }
+        self.0.submit(line);
     }
 
     /// Writes every queued line and closes the files (blocking).
     pub fn close(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.close();
+        self.0.close();
     }
 }
 

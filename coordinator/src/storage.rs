@@ -7,8 +7,6 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::manifest::{FORMAT, Manifest, step_dir};
@@ -17,6 +15,7 @@ use elf_store::{Location, StoreError, checkpoints};
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::io_thread::IoThread;
 use crate::state::ManifestWritten;
 use crate::state::saves::CompletedSave;
 
@@ -75,10 +74,7 @@ pub struct Context {
 
 /// The storage thread.
 #[derive(Debug)]
-pub struct Storage {
-    tx: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct Storage(IoThread<Job>);
 
 impl Storage {
     /// Starts the thread; completions go to `done`.
@@ -86,58 +82,38 @@ impl Storage {
     /// # Errors
     /// The thread cannot start.
     pub fn start(ctx: Context, done: UnboundedSender<Completion>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("elf-storage".into())
-            .spawn(move || {
-                for job in rx {
-                    let c = match job {
-                        Job::Manifest(save) => Completion::Manifest(ctx.commit(&save)),
-                        Job::Eval {
-                            job,
-                            worker,
-                            results,
-                            seconds,
-                        } => {
-                            ctx.record_eval(&job, &worker, &results, seconds);
-                            Completion::Eval {
-                                job,
-                                worker,
-                                results,
-                                seconds,
-                            }
-                        }
-                    };
-                    if done.send(c).is_err() {
-                        return;
+        let thread = IoThread::start("elf-storage", move |job: Job| {
+            let c = match job {
+                Job::Manifest(save) => Completion::Manifest(ctx.commit(&save)),
+                Job::Eval {
+                    job,
+                    worker,
+                    results,
+                    seconds,
+                } => {
+                    ctx.record_eval(&job, &worker, &results, seconds);
+                    Completion::Eval {
+                        job,
+                        worker,
+                        results,
+                        seconds,
                     }
                 }
-            })?;
-        Ok(Self {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+            };
+            // The driver is gone only once the run is over.
+            let _ = done.send(c);
+        })?;
+        Ok(Self(thread))
     }
 
     /// Queues a job.
     pub fn submit(&self, job: Job) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(job);
-        }
+        self.0.submit(job);
     }
 
     /// Finishes the queued jobs and stops the thread (blocking).
     pub fn close(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        self.close();
+        self.0.close();
     }
 }
 

@@ -57,10 +57,8 @@ impl JsonlFile {
             if text.trim().is_empty() {
                 return Ok(());
             }
-            let l: Line = serde_json::from_str(text).map_err(|e| DataError::Format {
-                name: name.clone(),
-                message: format!("line {line_no}: {e}"),
-            })?;
+            let l: Line = serde_json::from_str(text)
+                .map_err(|e| DataError::parse(name.as_str(), format!("line {line_no}"), e))?;
             let cond = match (&l.text, &l.input, &l.output) {
                 (Some(_), None, None) => false,
                 (None, Some(_), Some(_)) => true,
@@ -131,10 +129,8 @@ impl Dataset for JsonlFile {
     fn row(&self, row: u64) -> Result<Row, DataError> {
         let (start, len, line_no) = self.lines[row as usize];
         let bytes = self.src.read(start..start + len as u64)?;
-        let l: Line = serde_json::from_slice(&bytes).map_err(|e| DataError::Format {
-            name: self.src.name().into(),
-            message: format!("line {line_no}: {e}"),
-        })?;
+        let l: Line = serde_json::from_slice(&bytes)
+            .map_err(|e| DataError::parse(self.src.name(), format!("line {line_no}"), e))?;
         Ok(match (l.text, l.input, l.output) {
             (Some(t), _, _) => Row {
                 input_ids: self.tokenizer.encode(&t),

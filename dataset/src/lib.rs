@@ -12,6 +12,8 @@
 //! - [`tokenizer`]: the bundled T5 tokenizer and any HF `tokenizer.json`.
 //! - [`collate`]: truncation, condition prepending, padding, loss weights (spec §3.3–3.4).
 //! - [`prepare`]: `elf data prepare`, text in, sharded tokenised dataset out.
+//! - this file: [`Dataset`], [`DataError`], [`open_dataset`], [`open_training`] and
+//!   [`run_facts`] (a run sized from its data).
 
 pub mod arrow;
 pub mod collate;
@@ -40,6 +42,18 @@ pub enum DataError {
     /// Reading bytes from a file or object failed (including object-store requests).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A parser (JSON, Arrow, Parquet, the tokenizer) refused a file; the parser's error is
+    /// kept as the cause.
+    #[error("{name}: {what}: {source}")]
+    Parse {
+        /// File.
+        name: String,
+        /// Where or what (`line 4`, `not a readable parquet file`).
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A malformed file, a missing column, a wrong type.
     #[error("{name}: {message}")]
     Format {
@@ -51,6 +65,19 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// Wraps a parser's error on `name`.
+    pub fn parse(
+        name: impl Into<String>,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Parse {
+            name: name.into(),
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+
     /// Wraps an IO error.
     pub fn io(name: &str, source: std::io::Error) -> Self {
         Self::Io {

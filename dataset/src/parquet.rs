@@ -106,8 +106,9 @@ impl ParquetFile {
             name: name.clone(),
             message,
         };
-        let meta = ArrowReaderMetadata::load(&Chunks(src.clone()), ArrowReaderOptions::default())
-            .map_err(|e| bad(format!("not a readable parquet file: {e}")))?;
+        let meta =
+            ArrowReaderMetadata::load(&Chunks(src.clone()), ArrowReaderOptions::default())
+                .map_err(|e| DataError::parse(name.as_str(), "not a readable parquet file", e))?;
         let schema = meta.schema().clone();
         let mut slots = [None; 5];
         let mut projection = vec![];
@@ -157,9 +158,12 @@ impl ParquetFile {
         if let Some((_, b)) = cache.iter().find(|(g, _)| *g == rg) {
             return Ok(b.clone());
         }
-        let bad = |e: String| DataError::Format {
+        let bad = |message: String| DataError::Format {
             name: self.src.name().into(),
-            message: format!("row group {rg}: {e}"),
+            message: format!("row group {rg}: {message}"),
+        };
+        let parse = |e: parquet::errors::ParquetError| {
+            DataError::parse(self.src.name(), format!("row group {rg}"), e)
         };
         let mask = ProjectionMask::roots(
             self.meta.metadata().file_metadata().schema_descr(),
@@ -174,10 +178,10 @@ impl ParquetFile {
         .with_projection(mask)
         .with_batch_size(n.max(1))
         .build()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(parse)?;
         let mut batches = reader
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| DataError::parse(self.src.name(), format!("row group {rg}"), e))?;
         if batches.len() != 1 {
             return Err(bad(format!("expected one batch, got {}", batches.len())));
         }

@@ -112,13 +112,15 @@ fn read_records(path: &Path) -> Result<Vec<Record>, DataError> {
         }
         "parquet" => {
             let f = fs::File::open(path).map_err(|e| DataError::io(&name, e))?;
+            let bad =
+                |e: parquet::errors::ParquetError| DataError::parse(name.as_str(), "parquet", e);
             let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-                .map_err(|e| fmt(e.to_string()))?
+                .map_err(bad)?
                 .build()
-                .map_err(|e| fmt(e.to_string()))?;
+                .map_err(bad)?;
             let mut out = vec![];
             for b in reader {
-                let b = b.map_err(|e| fmt(e.to_string()))?;
+                let b = b.map_err(|e| DataError::parse(name.as_str(), "parquet", e))?;
                 let col = |n: &str| {
                     b.column_by_name(n).map(|c| {
                         arrow_array::cast::AsArray::as_string_opt::<i32>(c.as_ref()).map(|s| {
@@ -226,26 +228,24 @@ fn write_shard(
     let name = path.display().to_string();
     let tmp = path.with_extension("tmp");
     let f = fs::File::create(&tmp).map_err(|e| DataError::io(&name, e))?;
-    let err = |e: String| DataError::Format {
-        name: name.clone(),
-        message: e,
-    };
+    let arrow = |e: arrow_schema::ArrowError| DataError::parse(name.as_str(), "writing arrow", e);
+    let parquet =
+        |e: parquet::errors::ParquetError| DataError::parse(name.as_str(), "writing parquet", e);
     match format {
         OutFormat::Arrow => {
-            let mut w = arrow_ipc::writer::StreamWriter::try_new(f, schema)
-                .map_err(|e| err(e.to_string()))?;
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(f, schema).map_err(arrow)?;
             for b in batches {
-                w.write(b).map_err(|e| err(e.to_string()))?;
+                w.write(b).map_err(arrow)?;
             }
-            w.finish().map_err(|e| err(e.to_string()))?;
+            w.finish().map_err(arrow)?;
         }
         OutFormat::Parquet => {
-            let mut w = parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None)
-                .map_err(|e| err(e.to_string()))?;
+            let mut w =
+                parquet::arrow::ArrowWriter::try_new(f, schema.clone(), None).map_err(parquet)?;
             for b in batches {
-                w.write(b).map_err(|e| err(e.to_string()))?;
+                w.write(b).map_err(parquet)?;
             }
-            w.close().map_err(|e| err(e.to_string()))?;
+            w.close().map_err(parquet)?;
         }
     }
     fs::rename(&tmp, path).map_err(|e| DataError::io(&name, e))
@@ -299,9 +299,8 @@ pub fn prepare(
         let old: PrepareSettings = serde_json::from_slice(
             &fs::read(&manifest).map_err(|e| DataError::io(&manifest.display().to_string(), e))?,
         )
-        .map_err(|e| DataError::Format {
-            name: manifest.display().to_string(),
-            message: e.to_string(),
+        .map_err(|e| {
+            DataError::parse(manifest.display().to_string(), "malformed prepare.json", e)
         })?;
         if old != settings {
             return Err(DataError::Format {

@@ -33,10 +33,8 @@ impl TextTokenizer {
     /// A missing or malformed file, naming it.
     pub fn from_file(path: &Path) -> Result<Self, DataError> {
         let name = path.display().to_string();
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| DataError::Format {
-            name: name.clone(),
-            message: format!("not a tokenizer.json: {e}"),
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| DataError::parse(name.as_str(), "not a tokenizer.json", e))?;
         Ok(Self { inner, name })
     }
 

@@ -53,6 +53,14 @@ impl Elf {
         self.cluster_env(dir, n, steps, extra, &[], &|_| vec![])
     }
 
+    /// Starts `elf coordinator` of the tiny config with run folder `dir` and `args` after.
+    pub fn coordinator(&self, name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let (cfg, d) = (self.tiny(), dir.display().to_string());
+        let mut all = vec!["coordinator", "--config", &cfg, "--run-dir", &d];
+        all.extend_from_slice(args);
+        Proc::spawn(name, self.0, &all, env)
+    }
+
     /// As [`Elf::cluster`], with environment variables for the coordinator and for worker `i`.
     pub fn cluster_env(
         &self,
@@ -63,23 +71,11 @@ impl Elf {
         coordinator_env: &[(&str, &str)],
         worker_env: &dyn Fn(usize) -> Vec<(&'static str, String)>,
     ) -> Run {
-        let d = dir.display().to_string();
-        let cfg = self.tiny();
         let max = format!("train.max_steps={steps}");
         let nn = n.to_string();
-        let mut args = vec![
-            "coordinator",
-            "--config",
-            &cfg,
-            "--run-dir",
-            &d,
-            "--workers",
-            &nn,
-            "--set",
-            &max,
-        ];
+        let mut args = vec!["--workers", &nn, "--set", &max];
         args.extend_from_slice(extra);
-        let mut coordinator = Proc::spawn("coordinator", self.0, &args, coordinator_env);
+        let mut coordinator = self.coordinator("coordinator", dir, &args, coordinator_env);
         let ready = coordinator.wait_event("ready", T);
         let url = format!("http://{}", ready["addr"].as_str().expect("addr"));
         let workers = (0..n)
@@ -97,14 +93,23 @@ impl Elf {
         }
     }
 
-    /// Starts one worker of the coordinator at `url`.
+    /// Starts one worker of the coordinator at `url`, with `args` after.
     pub fn worker(&self, name: &str, url: &str, id: &str, env: &[(&str, &str)]) -> Proc {
-        Proc::spawn(
-            name,
-            self.0,
-            &["worker", "--coordinator", url, "--worker-id", id],
-            env,
-        )
+        self.worker_with(name, url, id, &[], env)
+    }
+
+    /// As [`Elf::worker`], with more arguments (`--role eval`).
+    pub fn worker_with(
+        &self,
+        name: &str,
+        url: &str,
+        id: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut all = vec!["worker", "--coordinator", url, "--worker-id", id];
+        all.extend_from_slice(args);
+        Proc::spawn(name, self.0, &all, env)
     }
 
     /// Runs `elf train` of the tiny config (12 steps, checkpoints every 4) into `dir`.
@@ -126,6 +131,28 @@ impl Elf {
         extra: &[&str],
         env: &[(&'static str, String)],
     ) -> std::process::Output {
+        let mut args = vec![
+            "--set",
+            "checkpoint.interval_steps=4",
+            "--set",
+            "train.max_steps=12",
+        ];
+        args.extend_from_slice(extra);
+        self.train_args(dir, workers, &args, env)
+    }
+
+    /// Runs `elf train --config configs/tiny.yaml --run-dir dir --workers n` with `args` after
+    /// (and nothing else), in the repository root.
+    ///
+    /// # Panics
+    /// When it fails, with its stderr.
+    pub fn train_args(
+        &self,
+        dir: &Path,
+        workers: usize,
+        extra: &[&str],
+        env: &[(&'static str, String)],
+    ) -> std::process::Output {
         let d = dir.display().to_string();
         let w = workers.to_string();
         let mut args = vec![
@@ -136,10 +163,6 @@ impl Elf {
             &d,
             "--workers",
             &w,
-            "--set",
-            "checkpoint.interval_steps=4",
-            "--set",
-            "train.max_steps=12",
         ];
         args.extend_from_slice(extra);
         let mut cmd = std::process::Command::new(self.0);
@@ -164,18 +187,31 @@ impl Run {
     ///
     /// # Panics
     /// On a failure or timeout, with the logs.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        self.finish_as("");
+    }
+
+    /// As [`Run::finish`]; failures say `what` the run was.
+    ///
+    /// # Panics
+    /// On a failure or timeout, with the logs.
+    pub fn finish_as(mut self, what: &str) {
         for w in &mut self.workers {
             let s = w.wait_exit(T);
             assert!(
                 s.success(),
-                "{} failed\n{}{}",
+                "{what}: {} failed\n{}{}",
                 w.name,
                 w.logs(),
                 self.coordinator.logs()
             );
         }
-        self.coordinator.expect_success(T);
+        let s = self.coordinator.wait_exit(T);
+        assert!(
+            s.success(),
+            "{what}: the coordinator failed\n{}",
+            self.coordinator.logs()
+        );
     }
 
     /// Returns the coordinator's `ready` event fields `addr` (as a URL) and `http`.

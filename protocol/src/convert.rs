@@ -38,6 +38,45 @@ pub enum DecodeError {
     },
 }
 
+/// Writes `From` both ways between a domain struct and its wire twin with the same fields.
+macro_rules! twins {
+    ($domain:ty, $wire:ty, { $($f:ident),* $(,)? }) => {
+        impl From<$domain> for $wire {
+            fn from(x: $domain) -> Self {
+                Self { $($f: x.$f),* }
+            }
+        }
+        impl From<$wire> for $domain {
+            fn from(x: $wire) -> Self {
+                Self { $($f: x.$f),* }
+            }
+        }
+    };
+}
+
+twins!(StepTimings, wire::StepTimings, {
+    compute_seconds,
+    allreduce_seconds,
+    allreduce_bytes,
+    step_seconds,
+});
+twins!(Applied, wire::Applied, {
+    loss,
+    ce_loss,
+    l2_loss,
+    grad_norm,
+    param_digest,
+});
+twins!(Losses, wire::Losses, { loss, ce_loss, l2_loss });
+twins!(WorkerStatus, wire::WorkerStatus, {
+    id,
+    device,
+    collective_addr,
+    role,
+    heartbeat_age_seconds,
+    last_step,
+});
+
 fn missing(message: &'static str, field: &'static str) -> DecodeError {
     DecodeError::Missing { message, field }
 }
@@ -246,39 +285,11 @@ impl TryFrom<wire::Directive> for Directive {
     }
 }
 
-impl From<StepTimings> for wire::StepTimings {
-    fn from(t: StepTimings) -> Self {
-        Self {
-            compute_seconds: t.compute_seconds,
-            allreduce_seconds: t.allreduce_seconds,
-            allreduce_bytes: t.allreduce_bytes,
-            step_seconds: t.step_seconds,
-        }
-    }
-}
-
-impl From<wire::StepTimings> for StepTimings {
-    fn from(t: wire::StepTimings) -> Self {
-        Self {
-            compute_seconds: t.compute_seconds,
-            allreduce_seconds: t.allreduce_seconds,
-            allreduce_bytes: t.allreduce_bytes,
-            step_seconds: t.step_seconds,
-        }
-    }
-}
-
 impl From<StepReport> for wire::StepReport {
     fn from(r: StepReport) -> Self {
         use wire::step_report::Outcome;
         let outcome = match r.outcome {
-            StepOutcome::Applied(a) => Outcome::Applied(wire::Applied {
-                loss: a.loss,
-                ce_loss: a.ce_loss,
-                l2_loss: a.l2_loss,
-                grad_norm: a.grad_norm,
-                param_digest: a.param_digest,
-            }),
+            StepOutcome::Applied(a) => Outcome::Applied(a.into()),
             StepOutcome::CollectiveFailed { error } => Outcome::CollectiveFailed(error),
             StepOutcome::Failed { error } => Outcome::Failed(error),
         };
@@ -298,13 +309,7 @@ impl TryFrom<wire::StepReport> for StepReport {
     fn try_from(r: wire::StepReport) -> Result<Self, DecodeError> {
         use wire::step_report::Outcome;
         let outcome = match r.outcome.ok_or_else(|| missing("StepReport", "outcome"))? {
-            Outcome::Applied(a) => StepOutcome::Applied(Applied {
-                loss: a.loss,
-                ce_loss: a.ce_loss,
-                l2_loss: a.l2_loss,
-                grad_norm: a.grad_norm,
-                param_digest: a.param_digest,
-            }),
+            Outcome::Applied(a) => StepOutcome::Applied(a.into()),
             Outcome::CollectiveFailed(error) => StepOutcome::CollectiveFailed { error },
             Outcome::Failed(error) => StepOutcome::Failed { error },
         };
@@ -496,24 +501,9 @@ impl From<RunStatus> for wire::RunStatus {
                 world_size: q.world_size as u32,
                 members: q.members,
             }),
-            workers: s
-                .workers
-                .into_iter()
-                .map(|w| wire::WorkerStatus {
-                    id: w.id,
-                    device: w.device,
-                    collective_addr: w.collective_addr,
-                    role: w.role,
-                    heartbeat_age_seconds: w.heartbeat_age_seconds,
-                    last_step: w.last_step,
-                })
-                .collect(),
+            workers: s.workers.into_iter().map(Into::into).collect(),
             throughput_tokens_per_s: s.throughput_tokens_per_s,
-            last_losses: Some(wire::Losses {
-                loss: s.last_losses.loss,
-                ce_loss: s.last_losses.ce_loss,
-                l2_loss: s.last_losses.l2_loss,
-            }),
+            last_losses: Some(s.last_losses.into()),
             evals_outstanding: s.evals_outstanding as u64,
             last_eval: s.last_eval.map(|e| wire::EvalStatus {
                 step: e.step,
@@ -525,7 +515,6 @@ impl From<RunStatus> for wire::RunStatus {
 
 impl From<wire::RunStatus> for RunStatus {
     fn from(s: wire::RunStatus) -> Self {
-        let l = s.last_losses.unwrap_or_default();
         Self {
             run_id: s.run_id,
             config_hash: s.config_hash,
@@ -537,24 +526,9 @@ impl From<wire::RunStatus> for RunStatus {
                 world_size: q.world_size as usize,
                 members: q.members,
             }),
-            workers: s
-                .workers
-                .into_iter()
-                .map(|w| WorkerStatus {
-                    id: w.id,
-                    device: w.device,
-                    collective_addr: w.collective_addr,
-                    role: w.role,
-                    heartbeat_age_seconds: w.heartbeat_age_seconds,
-                    last_step: w.last_step,
-                })
-                .collect(),
+            workers: s.workers.into_iter().map(Into::into).collect(),
             throughput_tokens_per_s: s.throughput_tokens_per_s,
-            last_losses: Losses {
-                loss: l.loss,
-                ce_loss: l.ce_loss,
-                l2_loss: l.l2_loss,
-            },
+            last_losses: s.last_losses.unwrap_or_default().into(),
             evals_outstanding: s.evals_outstanding as usize,
             last_eval: s.last_eval.map(|e| EvalStatus {
                 step: e.step,

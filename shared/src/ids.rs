@@ -8,9 +8,10 @@
 //!
 //! "The state after step `s`" has trained `s + 1` global batches ([`Step::count`]); a
 //! checkpoint named `step-s` holds it, and a run resumed from it trains step `s + 1` next
-//! ([`Step::next`]). A run of `total` steps trains steps `0..total`; its last step is
-//! `total - 1` ([`Step::last_of`]). Saves, evaluations and the end of a run are counted in
-//! steps done ([`Step::count`]), so "every 4 steps" saves after steps 3, 7, 11, ...
+//! ([`Step::next`]). A run of `total` steps trains steps `0..total`. Saves, evaluations and
+//! the end of a run are counted in steps done ([`Step::count`]), so "every 4 steps" saves
+//! after steps 3, 7, 11, ... and the run ends once `count == total`. A worker reports the
+//! last step it applied (`after`); the step it trains next is `after.next()`.
 
 use std::fmt;
 
@@ -34,11 +35,6 @@ impl Step {
         self.0 + 1
     }
 
-    /// Returns the last step of a run of `total` steps (`None` for an empty run).
-    pub fn last_of(total: u64) -> Option<Step> {
-        total.checked_sub(1).map(Step)
-    }
-
     /// Returns the step before this one (`None` for step 0).
     pub fn previous(self) -> Option<Step> {
         self.0.checked_sub(1).map(Step)
@@ -53,12 +49,6 @@ impl Step {
     /// Returns the optimiser update this step belongs to with `grad_accum` steps per update.
     pub fn update(self, grad_accum: u64) -> u64 {
         self.0 / grad_accum.max(1)
-    }
-
-    /// Returns the step to train after having applied `after` (`None`: nothing yet, so
-    /// `start`).
-    pub fn to_train(after: Option<Step>, start: Step) -> Step {
-        after.map_or(start, Step::next)
     }
 }
 
@@ -139,8 +129,6 @@ mod tests {
     fn step_arithmetic_is_written_once() {
         assert_eq!(Step(3).count(), 4);
         assert_eq!(Step(3).next(), Step(4));
-        assert_eq!(Step::last_of(20), Some(Step(19)));
-        assert_eq!(Step::last_of(0), None);
         assert_eq!(Step(0).previous(), None);
         // Every 4 steps: after steps 3, 7, 11.
         let saves: Vec<u64> = (0..12).filter(|&s| Step(s).ends_interval(4)).collect();
@@ -151,7 +139,5 @@ mod tests {
             (Step(0).update(2), Step(1).update(2), Step(2).update(2)),
             (0, 0, 1)
         );
-        assert_eq!(Step::to_train(None, Step(5)), Step(5));
-        assert_eq!(Step::to_train(Some(Step(5)), Step(0)), Step(6));
     }
 }

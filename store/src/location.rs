@@ -39,6 +39,18 @@ pub trait ByteSource: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &str;
 }
 
+/// Refuses a read past the end of a source of `len` bytes: a truncated file.
+fn within(name: &str, range: &Range<u64>, len: u64) -> Result<(), StoreError> {
+    if range.end > len {
+        return Err(StoreError::Truncated {
+            name: name.to_string(),
+            want: range.end,
+            len,
+        });
+    }
+    Ok(())
+}
+
 /// A local file read with `pread`.
 #[derive(Debug)]
 pub struct LocalFile {
@@ -65,13 +77,7 @@ impl ByteSource for LocalFile {
         self.len
     }
     fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if range.end > self.len {
-            return Err(StoreError::Truncated {
-                name: self.name.clone(),
-                want: range.end,
-                len: self.len,
-            });
-        }
+        within(&self.name, &range, self.len)?;
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         self.file
             .read_exact_at(&mut buf, range.start)
@@ -110,13 +116,7 @@ impl ByteSource for StoreObject {
         self.len
     }
     fn read(&self, range: Range<u64>) -> Result<Bytes, StoreError> {
-        if range.end > self.len {
-            return Err(StoreError::Truncated {
-                name: self.name.clone(),
-                want: range.end,
-                len: self.len,
-            });
-        }
+        within(&self.name, &range, self.len)?;
         if range.is_empty() {
             return Ok(Bytes::new());
         }

@@ -105,7 +105,7 @@ impl Model {
         self.transfer = None;
         self.members.set_synced(&joiner, true);
         match self.reform() {
-            Ok(q) => {
+            Some(q) => {
                 self.reasons
                     .push(format!("{}; worker {joiner} joined", q.describe()));
                 self.effects.push(Effect::Event(Event::Joined {
@@ -114,7 +114,10 @@ impl Model {
                     world_size: q.ranks.len(),
                 }));
             }
-            Err(why) => self.fail(format!("{why} at step {}", self.round.step)),
+            None => self.fail(format!(
+                "no training worker is left at step {}",
+                self.round.step
+            )),
         }
         Reply::Accepted
     }

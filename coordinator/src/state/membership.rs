@@ -243,14 +243,10 @@ impl Model {
     }
 
     /// Forms a new quorum from the live synced training workers at the largest world size
-    /// that splits the batch; returns it, or why none can be formed.
-    pub(super) fn reform(&mut self) -> Result<Quorum, String> {
+    /// that splits the batch; `None` when no training worker is left.
+    pub(super) fn reform(&mut self) -> Option<Quorum> {
         let live = self.members.synced_trainers();
-        let w = self
-            .settings
-            .run
-            .valid_world(live.len())
-            .ok_or_else(|| "no training worker is left".to_string())?;
+        let w = self.settings.run.valid_world(live.len())?;
         let q = self.members.form(live.into_iter().take(w).collect());
         self.round.restart();
         // A save still missing shards may be missing a lost rank's: it can never complete.
@@ -259,7 +255,7 @@ impl Model {
                 "checkpoint of step {s} abandoned: the quorum changed before its shards were in"
             ));
         }
-        Ok(q)
+        Some(q)
     }
 
     /// Evicts members silent for longer than the heartbeat timeout; a lost quorum member

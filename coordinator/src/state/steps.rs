@@ -236,10 +236,10 @@ impl Model {
                 self.members.set_synced(w, true);
             }
             match self.reform() {
-                Ok(q) => self
+                Some(q) => self
                     .reasons
                     .push(format!("{}; step {step} is redone", q.describe())),
-                Err(why) => self.fail_without_workers(lost_reason, why),
+                None => self.fail_without_workers(lost_reason),
             }
             return;
         }
@@ -262,7 +262,7 @@ impl Model {
             return;
         }
         match self.reform() {
-            Ok(q) => {
+            Some(q) => {
                 let mut why = format!(
                     "{}; step {step} committed by the survivors that applied it",
                     q.describe()
@@ -275,15 +275,16 @@ impl Model {
                 }
                 self.reasons.push(why);
             }
-            Err(why) => self.fail_without_workers(lost_reason, why),
+            None => self.fail_without_workers(lost_reason),
         }
     }
 
-    fn fail_without_workers(&mut self, lost: Option<String>, why: String) {
-        let step = self.round.step;
+    /// Fails the run: no training worker holding a valid state is left.
+    fn fail_without_workers(&mut self, lost: Option<String>) {
+        let why = format!("no training worker is left at step {}", self.round.step);
         self.phase = Phase::Failed(match lost {
-            Some(l) => format!("{l}; {why} at step {step}"),
-            None => format!("{why} at step {step}"),
+            Some(l) => format!("{l}; {why}"),
+            None => why,
         });
     }
 

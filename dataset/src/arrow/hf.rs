@@ -19,10 +19,11 @@ pub fn open_hf(loc: &Location) -> Result<Vec<ArrowStream>, DataError> {
     if names.iter().any(|n| n == "dataset_dict.json") {
         let dict: serde_json::Value =
             serde_json::from_slice(&loc.join("dataset_dict.json").read_all()?).map_err(|e| {
-                DataError::Format {
-                    name: format!("{}/dataset_dict.json", loc.display()),
-                    message: e.to_string(),
-                }
+                DataError::parse(
+                    format!("{}/dataset_dict.json", loc.display()),
+                    "malformed JSON",
+                    e,
+                )
             })?;
         let splits: Vec<String> = dict["splits"]
             .as_array()
@@ -44,11 +45,8 @@ pub fn open_hf(loc: &Location) -> Result<Vec<ArrowStream>, DataError> {
     }
     let state_loc = loc.join("state.json");
     let files: Vec<String> = if names.iter().any(|n| n == "state.json") {
-        let state: serde_json::Value =
-            serde_json::from_slice(&state_loc.read_all()?).map_err(|e| DataError::Format {
-                name: state_loc.display(),
-                message: e.to_string(),
-            })?;
+        let state: serde_json::Value = serde_json::from_slice(&state_loc.read_all()?)
+            .map_err(|e| DataError::parse(state_loc.display(), "malformed JSON", e))?;
         state["_data_files"]
             .as_array()
             .ok_or_else(|| DataError::Format {
