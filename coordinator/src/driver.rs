@@ -174,7 +174,7 @@ impl Driver {
         // A run that is done before it starts (resumed at its last step) settles at once.
         let mut outcome = self.step(Input::Tick, None);
         while outcome.is_none() {
-            let deadline = self.model.next_deadline();
+            let deadline = self.model.next_deadline(Instant::now());
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -213,16 +213,33 @@ impl Driver {
     /// Feeds one input (and those its effects produce), runs the effects, answers; returns the
     /// outcome once the run ends.
     fn step(&mut self, input: Input, reply: Option<oneshot::Sender<Reply>>) -> Option<Outcome> {
-        let mut finished = self.feed(input, reply);
+        let (mut finished, mut changed) = self.feed(input, reply);
         while let Some(input) = self.pending.pop_front() {
-            finished = finished.or(self.feed(input, None));
+            let (f, c) = self.feed(input, None);
+            finished = finished.or(f);
+            changed |= c;
         }
-        self.changes.send_modify(|v| *v += 1);
+        if changed {
+            self.changes.send_modify(|v| *v += 1);
+        }
         finished
     }
 
-    fn feed(&mut self, input: Input, reply: Option<oneshot::Sender<Reply>>) -> Option<Outcome> {
+    /// Feeds one input; returns the outcome once the run ends, and whether waiting
+    /// long-polls must ask again. A read (a directive, a heartbeat, the status) changes what
+    /// others are told only when it had effects (the end of the run); waking them after every
+    /// read would have long-polls wake each other forever.
+    fn feed(
+        &mut self,
+        input: Input,
+        reply: Option<oneshot::Sender<Reply>>,
+    ) -> (Option<Outcome>, bool) {
+        let read = matches!(
+            input,
+            Input::NextDirective { .. } | Input::Heartbeat(_) | Input::Status
+        );
         let out = self.model.handle(Instant::now(), input);
+        let changed = !read || !out.effects.is_empty() || !out.reasons.is_empty();
         for r in &out.reasons {
             tracing::warn!(reason = %r, "cluster change");
         }
@@ -238,7 +255,7 @@ impl Driver {
                 r => r,
             });
         }
-        finished
+        (finished, changed)
     }
 
     fn complete_status(&self, mut s: RunStatus) -> RunStatus {

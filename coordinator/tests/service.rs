@@ -379,3 +379,40 @@ async fn refusals_reach_the_worker_with_their_status_code() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
 }
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_long_polls_do_not_wake_each_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let running = start(tmp.path(), None).await;
+    let (mut a, _) = Worker::register(&running, "a").await;
+    let (mut b, _) = Worker::register(&running, "b").await;
+    // c is a standby (the run has two workers and 8 does not split three ways).
+    let (mut c, _) = Worker::register(&running, "c").await;
+    let (Directive::Train(ta), Directive::Train(_tb)) = (a.next(None).await, b.next(None).await)
+    else {
+        panic!("not handed step 0")
+    };
+    a.report(&ta).await;
+    // a waits for b's report, c for a place in the quorum: both long-poll for 2 s.
+    let t0 = cpu_seconds();
+    let (da, dc) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(2), a.directive(Some(0))),
+        tokio::time::timeout(Duration::from_secs(2), c.directive(None)),
+    );
+    assert!(da.is_err() && dc.is_err(), "both were still waiting");
+    let used = cpu_seconds() - t0;
+    assert!(
+        used < 0.5,
+        "two waiting long-polls used {used:.2} CPU seconds in 2 s"
+    );
+}

@@ -378,8 +378,9 @@ impl Model {
         &self.members
     }
 
-    /// Returns when the model next needs a [`Input::Tick`] (an eviction, the end of a hold).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// Returns when the model next needs an [`Input::Tick`] after `now`: an eviction, the
+    /// end of a transient fault's wait, the end of a hold.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let timeout = self.settings.heartbeat_timeout;
         let mut at = self.members.next_expiry(timeout);
         let mut consider = |t: Option<Instant>| {
@@ -387,7 +388,13 @@ impl Model {
                 at = Some(at.map_or(t, |a| a.min(t)));
             }
         };
-        consider(self.round.broken_since().map(|s| s + timeout));
+        // Past its timeout a broken quorum waits for reports (inputs), not for time.
+        consider(
+            self.round
+                .broken_since()
+                .map(|s| s + timeout + Duration::from_millis(1))
+                .filter(|t| *t > now),
+        );
         consider(self.finish.next_deadline(&self.settings));
         at
     }

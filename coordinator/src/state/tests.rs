@@ -772,6 +772,33 @@ fn a_broken_quorum_waits_for_every_live_member_that_was_handed_the_step() {
 }
 
 #[test]
+fn a_broken_quorum_past_its_timeout_waits_for_reports_not_for_time() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let da = s.train("a", None);
+    let _db = s.train("b", None);
+    s.report(&da, "a", collective_failed());
+    let wait = s.t0 + Duration::from_secs(5) + Duration::from_millis(1);
+    s.at(2);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    assert_eq!(
+        s.m.next_deadline(s.now),
+        Some(wait),
+        "the transient fault's wait"
+    );
+    // Past it, b (alive, handed the step) has still not reported: the next deadline is an
+    // eviction, never one already past (the driver would spin on it).
+    s.at(6);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    s.tick();
+    let next = s.m.next_deadline(s.now).unwrap();
+    assert!(next > s.now, "{next:?} is not after {:?}", s.now);
+}
+
+#[test]
 fn a_long_poll_never_changes_membership() {
     let mut s = Sim::new(settings(2, 6));
     s.register(member("a"));
@@ -810,7 +837,7 @@ fn a_done_run_waits_for_its_last_save_then_for_its_workers_to_hear_it() {
     let o = s.applied(&d, "a", "x");
     assert!(finished(&o).is_none(), "the last save is on its way");
     assert_eq!(
-        s.m.next_deadline(),
+        s.m.next_deadline(s.now),
         Some(s.t0 + Duration::from_secs(5) + Duration::from_millis(1)),
         "the first deadline is a's heartbeat"
     );
@@ -851,7 +878,7 @@ fn the_end_of_run_holds_expire() {
         "{:?}",
         o.reasons
     );
-    assert_eq!(s.m.next_deadline().map(|d| d > s.now), Some(true));
+    assert_eq!(s.m.next_deadline(s.now).map(|d| d > s.now), Some(true));
     s.at(65);
     assert!(finished(&s.beat_and_tick("a")).is_none());
     s.at(71);

@@ -120,9 +120,18 @@ fn manifest(step: u64, shard: &[u8]) -> Manifest {
 }
 
 /// A checkpoint root holding committed steps `committed` (in order, `latest` on the last) and
-/// shard-only (uncommitted) folders `partial`.
-fn root(store: Arc<dyn ObjectStore>, name: &str, committed: &[u64], partial: &[u64]) -> Location {
-    let root = Location::in_store(store, name, &format!("memory://{name}"));
+/// shard-only (uncommitted) folders `partial`, in `store` (`None`: the `memory://` store).
+fn root(
+    store: Option<Arc<dyn ObjectStore>>,
+    name: &str,
+    committed: &[u64],
+    partial: &[u64],
+) -> Location {
+    let url = format!("memory://{name}");
+    let root = match store {
+        Some(s) => Location::in_store(s, name, &url),
+        None => Location::parse(&url).unwrap(),
+    };
     for &s in committed.iter().chain(partial) {
         let shard = format!("state of step {s}").into_bytes();
         let dir = root.join(&step_dir(s));
@@ -138,9 +147,8 @@ fn root(store: Arc<dyn ObjectStore>, name: &str, committed: &[u64], partial: &[u
 
 #[test]
 fn retention_keeps_the_newest_and_latest_and_drops_old_partials_only() {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     // 9 is a save still uploading (newer than every commit): it must stay.
-    let r = root(store, "keep", &[1, 3, 5, 7], &[2, 9]);
+    let r = root(None, "keep", &[1, 3, 5, 7], &[2, 9]);
     assert_eq!(retain(&r, 2).unwrap(), [1, 2, 3]);
     assert_eq!(list_steps(&r).unwrap(), [5, 7, 9]);
     assert_eq!(latest(&r).unwrap(), Some(7));
@@ -150,7 +158,7 @@ fn retention_keeps_the_newest_and_latest_and_drops_old_partials_only() {
 fn retention_on_a_failing_store_deletes_nothing_committed() {
     let flaky = Arc::new(Flaky::default());
     let store: Arc<dyn ObjectStore> = flaky.clone();
-    let r = root(store, "flaky", &[1, 2, 3, 4, 5], &[]);
+    let r = root(Some(store), "flaky", &[1, 2, 3, 4, 5], &[]);
     // Retention asks 7 questions (latest, the listing, 5 manifests) before deleting: a failure
     // at any of them must stop it with nothing deleted.
     for pass in 0..7 {
@@ -172,7 +180,7 @@ fn retention_on_a_failing_store_deletes_nothing_committed() {
 fn a_store_error_while_finding_the_newest_checkpoint_is_an_error_not_an_older_step() {
     let flaky = Arc::new(Flaky::default());
     let store: Arc<dyn ObjectStore> = flaky.clone();
-    let r = root(store, "newest", &[1, 2], &[]);
+    let r = root(Some(store), "newest", &[1, 2], &[]);
     assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 2);
     // Listing, step 2's manifest (head + get), its shard (head + get): a failure anywhere is an
     // error, never step 1.
@@ -200,7 +208,7 @@ fn a_store_error_while_finding_the_newest_checkpoint_is_an_error_not_an_older_st
 fn exists_and_latest_report_errors_instead_of_absence() {
     let flaky = Arc::new(Flaky::default());
     let store: Arc<dyn ObjectStore> = flaky.clone();
-    let r = root(store, "honest", &[4], &[]);
+    let r = root(Some(store), "honest", &[4], &[]);
     assert!(r.join("latest").exists().unwrap());
     assert!(!r.join("nothing").exists().unwrap());
     assert_eq!(latest(&r.join("nowhere")).unwrap(), None);
@@ -218,8 +226,7 @@ fn exists_and_latest_report_errors_instead_of_absence() {
 
 #[test]
 fn a_malformed_latest_is_an_error_naming_it() {
-    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let r = root(store, "bad", &[1], &[]);
+    let r = root(None, "bad", &[1], &[]);
     r.join("latest").put(b"garbage".to_vec()).unwrap();
     let e = latest(&r).unwrap_err().to_string();
     assert!(
