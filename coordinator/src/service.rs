@@ -60,7 +60,15 @@ impl Coordinator for Service {
     ) -> Result<Response<wire::RegisterResponse>, Status> {
         let r: Registration = decode(req.into_inner())?;
         match self.call(Input::Register(r)).await {
-            Ok(Reply::Admitted) => Ok(Response::new(self.admission.clone().into())),
+            Ok(Reply::Admitted { load_checkpoint }) => {
+                let mut admission = self.admission.clone();
+                if !load_checkpoint {
+                    // A standby receives a live peer's state; the run's start checkpoint is
+                    // stale for it (and retention may have deleted it).
+                    admission.resume_from = None;
+                }
+                Ok(Response::new(admission.into()))
+            }
             Ok(r) => Err(unexpected(r)),
             Err(e) => {
                 tracing::warn!(reason = %e.message(), "registration refused");

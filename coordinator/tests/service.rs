@@ -139,6 +139,7 @@ impl Worker {
         let r = ShardReport {
             worker: self.id.clone(),
             step: t.step,
+            quorum: t.quorum,
             rank: t.rank,
             world_size: t.world_size,
             outcome: ShardOutcome::Uploaded {

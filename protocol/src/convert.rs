@@ -361,6 +361,7 @@ impl From<ShardReport> for wire::ShardReport {
         Self {
             worker_id: r.worker.0,
             step: r.step.0,
+            quorum_id: r.quorum.0,
             rank: r.rank,
             world_size: r.world_size,
             outcome: Some(outcome),
@@ -392,6 +393,7 @@ impl TryFrom<wire::ShardReport> for ShardReport {
         Ok(Self {
             worker: WorkerId(r.worker_id),
             step: Step(r.step),
+            quorum: QuorumId(r.quorum_id),
             rank: r.rank,
             world_size: r.world_size,
             outcome,
@@ -626,6 +628,7 @@ mod tests {
         let s = ShardReport {
             worker: "w0".into(),
             step: Step(3),
+            quorum: QuorumId(2),
             rank: 0,
             world_size: 1,
             outcome: ShardOutcome::Uploaded {

@@ -282,6 +282,8 @@ pub struct ShardReport {
     pub worker: WorkerId,
     /// The checkpoint's step.
     pub step: Step,
+    /// The quorum that trained the step (a shard of an attempt that was redone is stale).
+    pub quorum: QuorumId,
     /// The rank that wrote it.
     pub rank: u32,
     /// Ranks writing this checkpoint.

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use elf_shared::ids::{Step, WorkerId};
+use elf_shared::ids::{QuorumId, Step, WorkerId};
 use elf_shared::manifest::{TensorEntry, shard_file, shard_range};
 use elf_shared::messages::{ShardOutcome, ShardReport, StateIndex, TrainStep};
 use elf_store::Location;
@@ -87,6 +87,7 @@ impl Saver {
             dir: dir.to_string(),
             worker: self.worker.clone(),
             step: t.step,
+            quorum: t.quorum,
             rank: t.rank,
             world: t.world_size,
             retries: self.retries,
@@ -112,6 +113,7 @@ struct Upload {
     dir: String,
     worker: WorkerId,
     step: Step,
+    quorum: QuorumId,
     rank: u32,
     world: u32,
     retries: usize,
@@ -152,6 +154,7 @@ impl Upload {
         let report = ShardReport {
             worker: self.worker,
             step: self.step,
+            quorum: self.quorum,
             rank: self.rank,
             world_size: self.world,
             outcome,

@@ -111,12 +111,22 @@ impl Model {
         None
     }
 
+    /// Returns the quorum member that runs inline jobs: rank 0, or once the run is done (no
+    /// quorum re-forms then) the first rank still alive.
+    fn inline_evaluator(&self) -> Option<WorkerId> {
+        let q = self.quorum()?;
+        match self.phase {
+            Phase::Done => q.ranks.iter().find(|r| self.members.contains(r)).cloned(),
+            _ => q.ranks.first().cloned(),
+        }
+    }
+
     /// Gives rank 0 the next queued job at a step boundary (or once training is done).
     pub(super) fn maybe_assign_inline_eval(&mut self) {
         if !self.inline_mode() || self.evals.queue.is_empty() || !self.evals.running.is_empty() {
             return;
         }
-        let Some(rank0) = self.quorum().map(|q| q.ranks[0].clone()) else {
+        let Some(rank0) = self.inline_evaluator() else {
             return;
         };
         let boundary = match self.phase {
@@ -154,7 +164,7 @@ impl Model {
     /// inline); returns the reasons.
     pub(super) fn abandon_unrunnable_evals(&mut self) {
         let inline = self.settings.eval_inline
-            && self.quorum().is_some()
+            && self.inline_evaluator().is_some()
             && matches!(self.phase, Phase::Running | Phase::Done);
         if self.members.has_eval_worker() || inline || !self.evals.running.is_empty() {
             return;

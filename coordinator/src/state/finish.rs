@@ -70,6 +70,7 @@ impl Model {
                             "the last checkpoint was not complete {} s after the last step; ending without it",
                             self.settings.save_hold.as_secs()
                         ));
+                        self.saves.give_up();
                     }
                     self.finish.saves_settled = true;
                 }

@@ -2,8 +2,8 @@
 //! the run trains, or a survivor left behind by a step the others applied) receives a live
 //! peer's whole state over a direct connection, then enters a new quorum. One copy at a time,
 //! at a step boundary nobody has been handed yet, and only when the new world size can train
-//! the run; rank 0 sends, the joiner receives, everyone else waits. A failed copy drops the
-//! joiner.
+//! the run; rank 0 sends, the joiner receives, everyone else waits. A copy that fails drops the
+//! joiner; one whose donor is lost leaves the joiner a standby.
 
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::messages::{Directive, TransferReport};
@@ -81,7 +81,15 @@ impl Model {
     /// Takes one side's report of a copy: the joiner's success enters it into a new quorum; a
     /// failure on either side drops the joiner.
     pub(super) fn report_transfer(&mut self, r: TransferReport) -> Reply {
-        let Some(t) = self.transfer.as_mut().filter(|t| t.step == r.step) else {
+        let side = |t: &Transfer| {
+            t.step == r.step
+                && if r.sender {
+                    t.donor == r.worker
+                } else {
+                    t.joiner == r.worker
+                }
+        };
+        let Some(t) = self.transfer.as_mut().filter(|t| side(t)) else {
             return Reply::Refused(Refusal::NoTransfer {
                 worker: r.worker,
                 step: r.step,
@@ -122,7 +130,8 @@ impl Model {
         Reply::Accepted
     }
 
-    /// Cancels a copy whose joiner or donor is gone; the joiner is dropped.
+    /// Cancels a copy whose joiner or donor is gone. A joiner that lost its donor stays a
+    /// standby (a copy from another donor may follow; its report of this one is refused).
     pub(super) fn cancel_transfer_of_gone(&mut self) {
         let Some(t) = &self.transfer else { return };
         if self.members.contains(&t.joiner) && self.members.contains(&t.donor) {
@@ -130,7 +139,6 @@ impl Model {
         }
         let joiner = t.joiner.clone();
         self.transfer = None;
-        self.members.remove(&joiner);
         self.reasons.push(format!(
             "the state copy to worker {joiner} was abandoned: a side of it was lost"
         ));

@@ -249,12 +249,6 @@ impl Model {
         let w = self.settings.run.valid_world(live.len())?;
         let q = self.members.form(live.into_iter().take(w).collect());
         self.round.restart();
-        // A save still missing shards may be missing a lost rank's: it can never complete.
-        for s in self.saves.abandon_incomplete() {
-            self.reasons.push(format!(
-                "checkpoint of step {s} abandoned: the quorum changed before its shards were in"
-            ));
-        }
         Some(q)
     }
 

@@ -236,8 +236,12 @@ pub enum Event {
 /// The model's answer to one input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// The worker was admitted.
-    Admitted,
+    /// The worker was admitted; `load_checkpoint`: it trains from the run's start state (the
+    /// checkpoint the run resumed from, if any), else it waits as a standby for a peer's copy.
+    Admitted {
+        /// Load the run's start checkpoint before the first step.
+        load_checkpoint: bool,
+    },
     /// The answer to a heartbeat.
     Pulse(Pulse),
     /// What the worker does next.
@@ -413,17 +417,40 @@ impl Model {
         if let Phase::Failed(why) = &self.phase {
             return Reply::Refused(Refusal::RunFailed(why.clone()));
         }
-        let in_quorum = self.quorum().is_some_and(|q| q.contains(&r.worker));
         // A training worker arriving while the run trains waits as a standby until a live
         // peer's state is copied to it (at a step boundary); then it enters the quorum.
-        let synced = self.phase == Phase::Forming || in_quorum;
+        let synced = self.phase == Phase::Forming;
+        if self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.joiner == r.worker || t.donor == r.worker)
+        {
+            self.transfer = None;
+            self.reasons.push(format!(
+                "the state copy involving worker {} was abandoned: it registered again",
+                r.worker
+            ));
+        }
+        if self.phase == Phase::Running && self.quorum().is_some_and(|q| q.contains(&r.worker)) {
+            // A quorum member registering again is a new process (a restart, or a reconnect
+            // after a broken connection): its state is not the run's, and its old process
+            // will never report. The quorum re-forms without it; it rejoins by a copy.
+            self.round.gone(now, &r.worker);
+            self.reasons.push(format!(
+                "worker {} registered again while in quorum {}: it rejoins by a copy",
+                r.worker,
+                self.quorum().map_or(0, |q| q.id.0)
+            ));
+        }
         self.effects.push(Effect::Event(Event::Registered {
             worker: r.worker.clone(),
             device: r.device.clone(),
             addr: r.collective_addr.clone(),
         }));
         self.members.admit(now, &r, synced);
-        Reply::Admitted
+        Reply::Admitted {
+            load_checkpoint: synced,
+        }
     }
 
     fn heartbeat(&mut self, now: Instant, w: &WorkerId) -> Pulse {
@@ -460,7 +487,7 @@ impl Model {
             Phase::Done => {
                 return Directive::Done {
                     steps: self.round.step.0,
-                    write_outputs: self.quorum().and_then(|q| q.rank_of(w)) == Some(0),
+                    write_outputs: self.final_writer().as_ref() == Some(w),
                 };
             }
             Phase::Forming => {
@@ -533,6 +560,16 @@ impl Model {
                 .saves_after(step)
                 .then(|| self.settings.checkpoint_dir(step)),
         })
+    }
+
+    /// Returns the worker that writes a done run's outputs: the first rank of the final quorum
+    /// that still holds the run's state (not one that registered again since).
+    fn final_writer(&self) -> Option<WorkerId> {
+        self.quorum()?
+            .ranks
+            .iter()
+            .find(|r| self.members.get(r).is_some_and(|m| m.synced))
+            .cloned()
     }
 
     /// Decides what follows an input: the first quorum, a join, an inline eval job, the end.

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use elf_shared::ids::Step;
+use elf_shared::ids::{QuorumId, Step, WorkerId};
 use elf_shared::manifest::ShardEntry;
 use elf_shared::messages::{ShardOutcome, ShardReport, StateIndex};
 
@@ -28,6 +28,8 @@ pub struct CompletedSave {
 
 #[derive(Debug, Clone, Default)]
 struct Pending {
+    /// The quorum that trained the step: shards of another attempt are stale.
+    quorum: QuorumId,
     world: u32,
     shards: BTreeMap<u32, ShardEntry>,
     index: Option<StateIndex>,
@@ -35,6 +37,22 @@ struct Pending {
 }
 
 impl Pending {
+    /// Returns the workers (by rank) whose shard is still missing, once the commit is known.
+    fn missing(&self) -> Vec<&WorkerId> {
+        self.commit.as_ref().map_or(vec![], |c| {
+            c.quorum
+                .ranks
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| !self.shards.contains_key(&(*r as u32)))
+                .map(|(_, w)| w)
+                .collect()
+        })
+    }
+}
+
+impl Pending {
+    /// True when the step committed and every rank's shard is in.
     fn complete(&self) -> bool {
         self.commit.is_some() && self.world > 0 && self.shards.len() as u32 == self.world
     }
@@ -52,20 +70,41 @@ pub struct Saves {
 }
 
 impl Saves {
+    /// Returns the pending save of `step` by quorum `q`: a newer quorum's attempt replaces an
+    /// older one's (it redid the step); `None` for an older quorum's (stale).
+    fn attempt(&mut self, step: Step, q: QuorumId) -> Option<&mut Pending> {
+        let p = self.pending.entry(step).or_default();
+        if q > p.quorum {
+            *p = Pending {
+                quorum: q,
+                ..Pending::default()
+            };
+        }
+        (p.quorum == q).then_some(p)
+    }
+
     /// Records the commit of a step that is saved.
     pub fn committed(&mut self, c: &Commit) {
         if self.abandoned.contains(&c.step) {
             return;
         }
-        let p = self.pending.entry(c.step).or_default();
-        p.world = c.quorum.ranks.len() as u32;
-        p.commit = Some(c.clone());
+        if let Some(p) = self.attempt(c.step, c.quorum.id) {
+            p.world = c.quorum.ranks.len() as u32;
+            p.commit = Some(c.clone());
+        }
     }
 
     /// Records a shard report; returns why the save failed when the upload did.
     pub fn shard(&mut self, r: ShardReport) -> Option<String> {
         if self.abandoned.contains(&r.step) {
             return None;
+        }
+        if self
+            .pending
+            .get(&r.step)
+            .is_some_and(|p| r.quorum < p.quorum)
+        {
+            return None; // a shard of an attempt that was redone
         }
         match r.outcome {
             ShardOutcome::Failed { error } => {
@@ -79,11 +118,12 @@ impl Saves {
                 ))
             }
             ShardOutcome::Uploaded { entry, index } => {
-                let p = self.pending.entry(r.step).or_default();
-                p.world = r.world_size;
-                p.shards.insert(r.rank, entry);
-                if index.is_some() {
-                    p.index = index;
+                if let Some(p) = self.attempt(r.step, r.quorum) {
+                    p.world = r.world_size;
+                    p.shards.insert(r.rank, entry);
+                    if index.is_some() {
+                        p.index = index;
+                    }
                 }
                 None
             }
@@ -99,6 +139,19 @@ impl Saves {
             .filter(|(_, p)| p.complete())
             .map(|(s, _)| *s)
             .collect();
+        // Every rank reports its shards in step order (one upload in flight): a save older than
+        // a complete one that is still incomplete lost a report and can never complete.
+        if let Some(newest) = done.last() {
+            let stale: Vec<Step> = self
+                .pending
+                .iter()
+                .filter(|(s, p)| *s < newest && !p.complete())
+                .map(|(s, _)| *s)
+                .collect();
+            for s in stale {
+                self.abandon(s);
+            }
+        }
         let (mut out, mut unindexed) = (vec![], vec![]);
         for step in done {
             let p = self.pending.remove(&step).expect("listed above");
@@ -118,19 +171,37 @@ impl Saves {
         (out, unindexed)
     }
 
-    /// Abandons every save still missing shards (a rank of it was lost); returns their steps.
-    pub fn abandon_incomplete(&mut self) -> Vec<Step> {
-        let incomplete: Vec<Step> = self
+    /// Abandons the save of `step` unless it is complete (it was taken already); returns
+    /// whether there was one to abandon.
+    pub fn abandon(&mut self, step: Step) -> bool {
+        let had = self.pending.remove(&step).is_some();
+        self.abandoned.insert(step);
+        had
+    }
+
+    /// Abandons the committed saves missing the shard of a rank whose worker is not `alive`
+    /// (it will never come); returns their steps.
+    pub fn abandon_lost(&mut self, alive: &dyn Fn(&WorkerId) -> bool) -> Vec<Step> {
+        let lost: Vec<Step> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.world == 0 || p.shards.len() < p.world as usize)
+            .filter(|(_, p)| p.missing().into_iter().any(|w| !alive(w)))
             .map(|(s, _)| *s)
             .collect();
-        for s in &incomplete {
-            self.pending.remove(s);
-            self.abandoned.insert(*s);
+        for s in &lost {
+            self.abandon(*s);
         }
-        incomplete
+        lost
+    }
+
+    /// Gives up on every save on its way (a finished run's hold expired); returns their steps.
+    pub fn give_up(&mut self) -> Vec<Step> {
+        let steps: Vec<Step> = self.pending.keys().copied().collect();
+        for s in &steps {
+            self.abandon(*s);
+        }
+        self.writing = 0;
+        steps
     }
 
     /// Records that a manifest the driver was writing is done; returns how many checkpoints

@@ -53,8 +53,10 @@ pub struct Round {
     handed: BTreeSet<WorkerId>,
     /// Since when the quorum's collective is known broken.
     broken: Option<Instant>,
-    /// A member of the quorum was evicted.
+    /// A member of the quorum was evicted or registered again.
     lost: bool,
+    /// Quorum members whose process is gone but who are registered again (a new process).
+    gone: BTreeSet<WorkerId>,
 }
 
 impl Round {
@@ -67,6 +69,7 @@ impl Round {
             handed: BTreeSet::new(),
             broken: None,
             lost: false,
+            gone: BTreeSet::new(),
         }
     }
 
@@ -104,6 +107,13 @@ impl Round {
     pub fn lose(&mut self, now: Instant) {
         self.broken.get_or_insert(now);
         self.lost = true;
+    }
+
+    /// Records that quorum member `w` registered again: its old process is lost, and the new
+    /// one holds none of the run's state.
+    pub fn gone(&mut self, now: Instant, w: &WorkerId) {
+        self.lose(now);
+        self.gone.insert(w.clone());
     }
 
     fn reported(&self, w: &WorkerId) -> bool {
@@ -212,7 +222,7 @@ impl Model {
         let live: Vec<WorkerId> = q
             .ranks
             .iter()
-            .filter(|w| self.members.contains(w))
+            .filter(|w| self.members.contains(w) && !self.round.gone.contains(*w))
             .cloned()
             .collect();
         if live
@@ -226,11 +236,25 @@ impl Model {
             return;
         }
         let step = self.round.step;
+        // Only a live holder's state can carry the run on: the report of a worker that
+        // applied the step and then died describes a state nobody holds.
         let applied: Vec<StepReport> = std::mem::take(&mut self.round.applied)
             .into_values()
+            .filter(|r| live.contains(&r.worker))
             .collect();
         let lost_reason = self.reasons.last().cloned();
+        // Earlier saves missing a lost worker's shard can never complete.
+        let (members, gone) = (&self.members, &self.round.gone);
+        let lost = self
+            .saves
+            .abandon_lost(&|w| members.contains(w) && !gone.contains(w));
+        for s in lost {
+            self.reasons.push(format!(
+                "checkpoint of step {s} abandoned: a rank that had not saved it was lost"
+            ));
+        }
         if applied.is_empty() {
+            // Shards of this attempt (if any) are stale once the new quorum redoes the step.
             // Nobody applied it: every survivor holds the state before it; redo it.
             for w in &live {
                 self.members.set_synced(w, true);
@@ -255,12 +279,18 @@ impl Model {
             .filter(|w| !holders.contains(w))
             .map(WorkerId::as_str)
             .collect();
+        let every_rank = applied.len() == q.ranks.len();
         if !self.commit(q, applied) {
             return;
         }
-        if self.phase == Phase::Done {
-            return;
+        // Its save needs every rank's shard: the workers behind never started theirs.
+        if !every_rank && self.saves.abandon(step) {
+            self.reasons.push(format!(
+                "checkpoint of step {step} abandoned: not every rank applied the step"
+            ));
         }
+        // Even after the last step: the final quorum (whose rank 0 writes the outputs) is made
+        // of the workers that hold its state.
         match self.reform() {
             Some(q) => {
                 let mut why = format!(

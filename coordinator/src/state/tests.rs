@@ -379,6 +379,7 @@ fn shard(id: &str, step: u64, rank: u32, world: u32) -> ShardReport {
     ShardReport {
         worker: w(id),
         step: Step(step),
+        quorum: QuorumId(1),
         rank,
         world_size: world,
         outcome: ShardOutcome::Uploaded {
@@ -948,4 +949,196 @@ fn a_worker_left_out_of_a_quorum_is_a_standby_until_a_copy() {
     assert!(wait_reason(&s.directive("c", None)).starts_with("standby"));
     s.commit_step(&["a", "b"], 0);
     assert!(wait_reason(&s.directive("c", None)).starts_with("standby"));
+}
+
+#[test]
+fn a_quorum_member_that_registers_again_rejoins_by_a_copy() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    assert_eq!(
+        s.register(member("b")),
+        Reply::Admitted {
+            load_checkpoint: true
+        }
+    );
+    let (da, _db) = (s.train("a", None), s.train("b", None));
+    s.applied(&da, "a", "x");
+    // b's process restarted (or reconnected) and registers again: it holds no run state, and
+    // its old process will never report step 0.
+    assert_eq!(
+        s.register(member("b")),
+        Reply::Admitted {
+            load_checkpoint: false
+        }
+    );
+    assert!(matches!(s.directive("b", None), Directive::Wait { .. }));
+    s.at(6);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    let o = s.tick();
+    assert_eq!(commits(&o)[0].step, Step(0), "a applied it: it commits");
+    assert_eq!(s.ranks(), ["a"]);
+    assert!(matches!(
+        s.directive("b", None),
+        Directive::ReceiveState { step: Step(1), .. }
+    ));
+}
+
+#[test]
+fn a_dead_workers_applied_report_does_not_carry_the_run() {
+    let mut s = Sim::new(settings_for(3, 6, 24, 4));
+    for id in ["a", "b", "c"] {
+        s.register(member(id));
+    }
+    let (da, db, dc) = (s.train("a", None), s.train("b", None), s.train("c", None));
+    // c completed and reported, then died; a and b did not complete.
+    s.applied(&dc, "c", "x");
+    s.report(&da, "a", collective_failed());
+    s.report(&db, "b", collective_failed());
+    s.at(4);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    s.at(6);
+    let o = s.tick();
+    assert!(commits(&o).is_empty(), "nobody alive holds c's state");
+    assert_eq!(
+        o.reasons[1],
+        "quorum 2 formed with 2 workers (a, b); step 0 is redone"
+    );
+    s.commit_step(&["a", "b"], 0);
+}
+
+#[test]
+fn the_last_step_committed_by_survivors_makes_them_the_final_quorum() {
+    let mut f = settings_for(3, 2, 24, 4);
+    f.save_final = true;
+    let mut s = Sim::new(f);
+    for id in ["a", "b", "c"] {
+        s.register(member(id));
+    }
+    s.commit_step(&["a", "b", "c"], 0);
+    let (da, db, _dc) = (
+        s.train("a", Some(0)),
+        s.train("b", Some(0)),
+        s.train("c", Some(0)),
+    );
+    s.report(&db, "b", collective_failed());
+    s.applied(&da, "a", "x");
+    s.input(Input::ReportShard(shard("a", 1, 0, 3)));
+    s.at(4);
+    s.heartbeat("a");
+    s.heartbeat("b");
+    s.at(6);
+    let o = s.tick();
+    assert_eq!(commits(&o)[0].step, Step(1));
+    assert!(
+        o.reasons
+            .iter()
+            .any(|r| r.contains("checkpoint of step 1 abandoned")),
+        "b never saves a step it did not apply: {:?}",
+        o.reasons
+    );
+    assert_eq!(s.phase(), &Phase::Done);
+    assert_eq!(s.ranks(), ["a"], "the final quorum holds the final state");
+    assert_eq!(
+        s.directive("a", Some(1)),
+        Directive::Done {
+            steps: 2,
+            write_outputs: true
+        }
+    );
+    assert_eq!(
+        s.directive("b", Some(0)),
+        Directive::Done {
+            steps: 2,
+            write_outputs: false
+        }
+    );
+    assert!(
+        !s.m.saves.saving(),
+        "no save waits for a shard that never comes"
+    );
+}
+
+#[test]
+fn a_done_run_evaluates_on_a_live_rank_when_rank_0_is_lost() {
+    let mut f = settings(2, 1);
+    (f.eval_at_end, f.save_final) = (true, true);
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    s.input(Input::ReportShard(shard("a", 0, 0, 2)));
+    s.input(Input::ReportShard(shard("b", 0, 1, 2)));
+    s.manifest_written(0, true);
+    assert!(matches!(s.directive("a", Some(0)), Directive::Eval(_)));
+    // a dies while evaluating; b takes the job over.
+    s.at(4);
+    s.heartbeat("b");
+    s.at(6);
+    s.tick();
+    assert!(matches!(s.directive("b", Some(0)), Directive::Eval(j) if j.step == Step(0)));
+}
+
+#[test]
+fn a_transfer_report_from_the_wrong_side_is_refused() {
+    let mut s = Sim::new(settings(1, 3));
+    s.register(member("a"));
+    s.register(member("late"));
+    assert!(matches!(
+        s.directive("a", None),
+        Directive::SendState { .. }
+    ));
+    let wrong = s.input(Input::ReportTransfer(TransferReport {
+        worker: w("a"),
+        step: Step(0),
+        sender: false,
+        error: Some("not mine".into()),
+    }));
+    assert!(matches!(wrong.reply, Reply::Refused(_)), "{wrong:?}");
+    assert!(s.m.members().contains(&w("late")), "the joiner stays");
+}
+
+#[test]
+fn an_expired_save_hold_lets_the_workers_hear_the_end() {
+    let mut f = settings(1, 1);
+    (f.save_final, f.eval_at_end) = (true, true);
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.commit_step(&["a"], 0);
+    assert!(matches!(s.directive("a", Some(0)), Directive::Wait { .. }));
+    s.at(61);
+    s.beat_and_tick("a");
+    assert!(
+        matches!(s.directive("a", Some(0)), Directive::Done { .. }),
+        "the shard never came: the workers are told the run is done"
+    );
+}
+
+#[test]
+fn shards_of_an_attempt_that_was_redone_are_stale() {
+    let mut f = settings(2, 6);
+    f.save_interval = 1;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    let (da, _db) = (s.train("a", None), s.train("b", None));
+    // Step 0 fails in quorum 1 and is redone by quorum 2 (a alone); a shard of quorum 1's
+    // attempt that arrives late must not mix into quorum 2's checkpoint.
+    s.report(&da, "a", collective_failed());
+    s.at(6);
+    s.heartbeat("a");
+    s.tick();
+    assert_eq!(s.ranks(), ["a"]);
+    let d = s.train("a", None);
+    assert_eq!(d.quorum, QuorumId(2));
+    let mut fresh = shard("a", 0, 0, 1);
+    fresh.quorum = QuorumId(2);
+    s.input(Input::ReportShard(fresh));
+    let stale = shard("b", 0, 1, 2);
+    assert!(s.input(Input::ReportShard(stale)).effects.is_empty());
+    let o = s.applied(&d, "a", "y");
+    let saves = manifests(&o);
+    assert_eq!(saves.len(), 1, "{o:?}");
+    assert_eq!(saves[0].shards.len(), 1, "only quorum 2's shard");
 }
