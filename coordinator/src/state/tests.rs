@@ -128,6 +128,17 @@ impl Sim {
         self.input(Input::Tick)
     }
 
+    /// Lets the others' heartbeat timeout pass: `alive` heartbeat at 4 s, the tick at 6 s
+    /// evicts everyone else (registered at 0 s); returns the tick's output.
+    fn only_alive(&mut self, alive: &[&str]) -> Output {
+        self.at(4);
+        for id in alive {
+            self.heartbeat(id);
+        }
+        self.at(6);
+        self.tick()
+    }
+
     /// A heartbeat from `id`, then a tick; both outputs merged.
     fn beat_and_tick(&mut self, id: &str) -> Output {
         let mut o = self.input(Input::Heartbeat(w(id)));
@@ -201,31 +212,32 @@ fn collective_failed() -> StepOutcome {
     }
 }
 
+/// Returns the effects of `o` that `f` picks.
+fn pick<'a, T>(o: &'a Output, f: impl Fn(&'a Effect) -> Option<&'a T>) -> Vec<&'a T> {
+    o.effects.iter().filter_map(f).collect()
+}
+
 fn commits(o: &Output) -> Vec<&steps::Commit> {
-    o.effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::RecordCommit(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    pick(o, |e| match e {
+        Effect::RecordCommit(c) => Some(c),
+        _ => None,
+    })
 }
 
 fn manifests(o: &Output) -> Vec<&CompletedSave> {
-    o.effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::WriteManifest(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    pick(o, |e| match e {
+        Effect::WriteManifest(c) => Some(c),
+        _ => None,
+    })
 }
 
 fn finished(o: &Output) -> Option<&Outcome> {
-    o.effects.iter().find_map(|e| match e {
+    pick(o, |e| match e {
         Effect::Finish(x) => Some(x),
         _ => None,
     })
+    .first()
+    .copied()
 }
 
 fn wait_reason(d: &Directive) -> &str {
@@ -579,11 +591,7 @@ fn an_eval_worker_takes_jobs_and_training_never_waits_for_it() {
     // A silent eval worker's job goes back to the queue.
     s.manifest_written(1, true);
     assert!(matches!(s.directive("e", None), Directive::Eval(_)));
-    s.at(4);
-    s.heartbeat("a");
-    s.heartbeat("b");
-    s.at(6);
-    s.tick();
+    s.only_alive(&["a", "b"]);
     assert!(!s.m.members().has_eval_worker());
     assert_eq!(s.m.evals.queued(), [Step(1)]);
 }
@@ -643,13 +651,10 @@ fn without_an_eval_worker_rank_0_evaluates_at_a_step_boundary_only() {
     assert!(matches!(s.directive("b", Some(2)), Directive::Done { .. }));
 }
 
-/// The fault of issue 10: a peer dies late in the ring, after one survivor's all-reduce
-/// completed. That survivor applied a correct step; the run commits it and brings the other
-/// survivor to the same state by a copy, instead of stopping either of them.
-#[test]
-fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
-    // A batch of 24 in shards of 4 splits over 3, 2 or 1 workers.
-    let mut s = Sim::new(settings_for(3, 6, 24, 4));
+/// Three workers a, b, c (a batch of 24 in shards of 4 splits over 3, 2 or 1 of them) that
+/// committed step 0 and were each handed step 1.
+fn three_in_step_1(f: Settings) -> (Sim, TrainStep, TrainStep) {
+    let mut s = Sim::new(f);
     for id in ["a", "b", "c"] {
         s.register(member(id));
     }
@@ -659,6 +664,15 @@ fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
         s.train("b", Some(0)),
         s.train("c", Some(0)),
     );
+    (s, da, db)
+}
+
+/// The fault of issue 10: a peer dies late in the ring, after one survivor's all-reduce
+/// completed. That survivor applied a correct step; the run commits it and brings the other
+/// survivor to the same state by a copy, instead of stopping either of them.
+#[test]
+fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
+    let (mut s, da, db) = three_in_step_1(settings_for(3, 6, 24, 4));
     // c dies in the all-gather: a had everything it needed, b did not.
     assert!(commits(&s.applied(&da, "a", "x1")).is_empty());
     s.report(&db, "b", collective_failed());
@@ -666,11 +680,7 @@ fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
         wait_reason(&s.directive("a", Some(1))).contains("re-forming"),
         "nothing is decided while c may still report"
     );
-    s.at(4);
-    s.heartbeat("a");
-    s.heartbeat("b");
-    s.at(6);
-    let o = s.tick();
+    let o = s.only_alive(&["a", "b"]);
     assert_eq!(
         o.reasons,
         [
@@ -995,11 +1005,7 @@ fn a_dead_workers_applied_report_does_not_carry_the_run() {
     s.applied(&dc, "c", "x");
     s.report(&da, "a", collective_failed());
     s.report(&db, "b", collective_failed());
-    s.at(4);
-    s.heartbeat("a");
-    s.heartbeat("b");
-    s.at(6);
-    let o = s.tick();
+    let o = s.only_alive(&["a", "b"]);
     assert!(commits(&o).is_empty(), "nobody alive holds c's state");
     assert_eq!(
         o.reasons[1],
@@ -1012,24 +1018,11 @@ fn a_dead_workers_applied_report_does_not_carry_the_run() {
 fn the_last_step_committed_by_survivors_makes_them_the_final_quorum() {
     let mut f = settings_for(3, 2, 24, 4);
     f.save_final = true;
-    let mut s = Sim::new(f);
-    for id in ["a", "b", "c"] {
-        s.register(member(id));
-    }
-    s.commit_step(&["a", "b", "c"], 0);
-    let (da, db, _dc) = (
-        s.train("a", Some(0)),
-        s.train("b", Some(0)),
-        s.train("c", Some(0)),
-    );
+    let (mut s, da, db) = three_in_step_1(f);
     s.report(&db, "b", collective_failed());
     s.applied(&da, "a", "x");
     s.input(Input::ReportShard(shard("a", 1, 0, 3)));
-    s.at(4);
-    s.heartbeat("a");
-    s.heartbeat("b");
-    s.at(6);
-    let o = s.tick();
+    let o = s.only_alive(&["a", "b"]);
     assert_eq!(commits(&o)[0].step, Step(1));
     assert!(
         o.reasons
@@ -1073,10 +1066,7 @@ fn a_done_run_evaluates_on_a_live_rank_when_rank_0_is_lost() {
     s.manifest_written(0, true);
     assert!(matches!(s.directive("a", Some(0)), Directive::Eval(_)));
     // a dies while evaluating; b takes the job over.
-    s.at(4);
-    s.heartbeat("b");
-    s.at(6);
-    s.tick();
+    s.only_alive(&["b"]);
     assert!(matches!(s.directive("b", Some(0)), Directive::Eval(j) if j.step == Step(0)));
 }
 
