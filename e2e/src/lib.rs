@@ -10,13 +10,17 @@
 //! - [`artifacts`]: what a run leaves: metrics lines, final parameters, and the assertion that
 //!   two runs trained the same model.
 //! - [`s3`]: moto's S3 server on loopback.
+//! - [`netns`]: several hosts on one machine ([`Net`], [`Host`]): network namespaces on one
+//!   switch, each with its own address and private directory, links that can be cut or capped.
 
 pub mod artifacts;
 pub mod cluster;
+pub mod netns;
 pub mod process;
 pub mod s3;
 
 pub use artifacts::{assert_same_run, lines, params, promtool, wait_for};
 pub use cluster::{Elf, FT, Run, T, serial};
+pub use netns::{Host, Net};
 pub use process::{Proc, err_line, http_get, ok, repo_root, run_in_repo};
 pub use s3::S3;
