@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh machine: installs what the tests call (promtool from
-# Debian's prometheus package, the Python fixture writers from PyPI), then `cargo test`.
+# Debian's prometheus package, the Python fixture writers from PyPI), checks the deploy/
+# manifests offline (deploy/check), then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v promtool >/dev/null 2>&1; then
@@ -8,4 +9,9 @@ if ! command -v promtool >/dev/null 2>&1; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 python3 -m pip install -q -r scripts/requirements-test.txt
+# The Kubernetes manifests under deploy/ (offline: kubectl kustomize, strict schemas, CEL, the
+# rules only an API server checks), then the planted-error self-test of those checks. Two
+# lines, not `a && b`: under `set -e` a failure on the left of && would not stop the script.
+bash deploy/check/check.sh
+bash deploy/check/selftest.sh
 cargo test --release --workspace
