@@ -130,8 +130,30 @@ fn main() -> std::process::ExitCode {
             }
             let msg = parts.join(": ");
             eprintln!("error: {msg}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Exit code for a retriable failure (a lost peer or coordinator, a failed run that can resume
+/// from its checkpoints): an orchestrator may start the process again.
+pub const EXIT_RETRIABLE: u8 = 1;
+/// Exit code for an error that a restart repeats (an invalid config, a registration the
+/// coordinator refuses): the orchestrator fails the run. Usage errors exit 2 (clap).
+pub const EXIT_INVALID: u8 = 3;
+
+/// Returns the exit code of an error (the contract in `deploy/README.md`).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let invalid = e.chain().any(|c| {
+        c.downcast_ref::<elf_shared::config::ConfigError>()
+            .is_some()
+            || c.downcast_ref::<elf_worker::client::ClientError>()
+                .is_some_and(elf_worker::client::ClientError::is_not_admitted)
+    });
+    if invalid {
+        EXIT_INVALID
+    } else {
+        EXIT_RETRIABLE
     }
 }
 

@@ -68,6 +68,14 @@ impl Handle {
         rx.await.map_err(|_| Refusal::Closed)
     }
 
+    /// Stops the run after one more checkpointed step (SIGTERM; see `state::terminate`).
+    ///
+    /// # Errors
+    /// [`Refusal::Closed`] once the run is over.
+    pub async fn terminate(&self) -> Result<(), Refusal> {
+        self.call(Input::Terminate).await.map(|_| ())
+    }
+
     /// Returns a receiver that changes after every input the model took.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
@@ -204,7 +212,12 @@ impl Driver {
                     "done",
                     json!({"final_step": steps.saturating_sub(1), "steps": steps}),
                 ),
-                Outcome::Failed(why) => events::emit("failed", json!({"reason": why})),
+                Outcome::Failed(why) | Outcome::Invalid(why) => {
+                    events::emit("failed", json!({"reason": why}))
+                }
+                Outcome::Terminated { steps } => {
+                    events::emit("terminated", json!({"steps": steps}))
+                }
             }
         }
         outcome

@@ -26,6 +26,7 @@ pub mod io_thread;
 pub mod metrics;
 pub mod recorder;
 pub mod refusal;
+pub mod run_folder;
 pub mod service;
 pub mod state;
 pub mod storage;
@@ -53,6 +54,7 @@ pub use state::Outcome;
 use crate::driver::{Driver, RunInfo};
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
+use crate::run_folder::RunFolder;
 use crate::state::{Model, Settings};
 
 /// Per-process facts of a coordinator (never hyperparameters: those are in the config).
@@ -62,8 +64,13 @@ pub struct Options {
     pub listen: String,
     /// HTTP listen address for `/metrics` and `/status`.
     pub http_listen: String,
-    /// Run folder (metrics, resolved config, samples).
-    pub run_dir: PathBuf,
+    /// The run location: a URL (`s3://`, `gs://`, `az://`, `file://`) or a local path, where
+    /// checkpoints (unless `checkpoint.url` says otherwise), metrics, final weights, samples
+    /// and eval generations go, from whichever process makes them.
+    pub run: String,
+    /// Where a run on a store keeps its local copy of the metrics files (default: under the
+    /// system temp folder); a cache the coordinator can lose.
+    pub cache_dir: Option<PathBuf>,
     /// Emit JSON events on stdout.
     pub events: bool,
     /// Resume from this checkpoint folder (default: the newest valid one under the checkpoint
@@ -109,11 +116,13 @@ struct Prepared {
 fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Result<Prepared> {
     let c = &rc.config;
     let hash = c.hash().0;
+    let run_id = format!("elf-{}", &hash[..12]);
+    let folder = RunFolder::open(&opts.run, opts.cache_dir.as_deref(), &run_id)?;
     let root_spec = c
         .checkpoint
         .url
         .clone()
-        .unwrap_or_else(|| opts.run_dir.join("checkpoints").display().to_string());
+        .unwrap_or_else(|| folder.run.join("checkpoints").display());
     let root = Location::parse(&root_spec)?;
     let resume = match &opts.resume {
         Some(url) => {
@@ -130,13 +139,21 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         tracing::info!(checkpoint = %dir.display(), step = m.step, world_size = m.world_size, "resuming");
     }
     let start = Step(resume.as_ref().map_or(0, |(_, m)| m.next_step));
-    let dir = &opts.run_dir;
-    std::fs::create_dir_all(dir.join("metrics"))
-        .with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
     let yaml = c.to_yaml();
-    std::fs::write(dir.join("config.yaml"), &yaml)
-        .with_context(|| format!("{}: cannot write config.yaml", dir.display()))?;
-    let recorder = Recorder::open(&dir.join("metrics"), start.0, hash.clone())?;
+    folder
+        .fetch_metrics()
+        .with_context(|| format!("{}: cannot restore the metrics files", folder.run.display()))?;
+    folder.put("config.yaml", yaml.as_bytes())?;
+    // Workers read the marker back to prove they reach the run location (and the checkpoint
+    // root, when the config puts it elsewhere).
+    let marker = serde_json::to_vec(&json!({"run_id": run_id, "config_hash": hash}))?;
+    folder.put(run_folder::MARKER, &marker)?;
+    if c.checkpoint.url.is_some() {
+        root.join(run_folder::MARKER)
+            .put(marker.clone())
+            .with_context(|| format!("checkpoint.url {root_spec}: cannot write"))?;
+    }
+    let recorder = Recorder::open(folder.clone(), start.0, hash.clone())?;
     let settings = Settings {
         heartbeat_timeout: Duration::from_millis(c.cluster.heartbeat_timeout_ms),
         save_interval: c.checkpoint.interval_steps,
@@ -148,24 +165,25 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         eval_inline: c.eval.on_training_workers,
         save_hold: SAVE_HOLD,
         farewell_hold: FAREWELL_HOLD,
+        spans_hosts: spans_hosts(&opts.listen),
         run: facts,
     };
-    let run_id = format!("elf-{}", &hash[..12]);
     Ok(Prepared {
         model: Model::new(settings.clone(), start),
         recorder,
         storage: storage::Context {
-            root,
+            root: root.clone(),
             keep_last: c.checkpoint.keep_last,
             config_yaml: yaml.clone(),
             config_hash: hash.clone(),
             seed: c.seed,
-            run_dir: dir.clone(),
+            folder: folder.clone(),
         },
         admission: Admission {
             config_yaml: yaml,
             config_hash: hash.clone(),
-            run_dir: dir.display().to_string(),
+            run_url: folder.run.display(),
+            checkpoint_root: root_spec.clone(),
             heartbeat: Duration::from_millis(c.cluster.heartbeat_ms),
             run_id: run_id.clone(),
             resume_from: resume.map(|(d, _)| d.display()),
@@ -178,6 +196,15 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         },
         start,
     })
+}
+
+/// Returns true when a gRPC listen address reaches beyond this host (anything but a loopback
+/// IP or `localhost`).
+fn spans_hosts(listen: &str) -> bool {
+    state::reachable_from_other_hosts(listen)
+        || listen
+            .rsplit_once(':')
+            .is_some_and(|(h, _)| h == "0.0.0.0" || h == "[::]")
 }
 
 /// Finds where the run resumes, binds the listeners and starts serving.
@@ -214,8 +241,15 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
         driver: handle.clone(),
         admission: p.admission,
     };
+    // The standard gRPC health service (`grpc.health.v1.Health`), for probes and load
+    // balancers: SERVING while the run goes on.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<CoordinatorServer<service::Service>>()
+        .await;
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .add_service(health_service)
             .add_service(CoordinatorServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -227,6 +261,9 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
     });
     let done = tokio::spawn(async move {
         let outcome = driver.run().await;
+        health
+            .set_not_serving::<CoordinatorServer<service::Service>>()
+            .await;
         let _ = stop_tx.send(());
         // A graceful shutdown waits for every client connection to close; a frozen worker's
         // never does, so the wait is bounded.
@@ -249,11 +286,16 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
     })
 }
 
-/// Serves `/metrics` and `/status` from the driver's status document.
+/// Serves `/healthz` (the process is alive), `/readyz` (the driver answers: the coordinator
+/// serves), `/metrics` and `/status` (from the driver's status document). Nothing here changes
+/// anything.
 async fn serve_http(listener: TcpListener, handle: Handle, metrics: Arc<Metrics>) {
     elf_protocol::http::serve(listener, move |path| {
         let (handle, metrics) = (handle.clone(), metrics.clone());
         async move {
+            if path == "/healthz" {
+                return (200, "text/plain", "ok\n".into());
+            }
             let status = match handle.status().await {
                 Ok(s) => s,
                 Err(e) => return (503, "text/plain", format!("{e}\n")),
@@ -267,6 +309,7 @@ async fn serve_http(listener: TcpListener, handle: Handle, metrics: Arc<Metrics>
                         elf_protocol::http::render(&metrics.registry),
                     )
                 }
+                "/readyz" => (200, "text/plain", format!("serving: {}\n", status.phase)),
                 "/status" => (
                     200,
                     "application/json",

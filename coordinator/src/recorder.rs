@@ -15,6 +15,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::io_thread::IoThread;
+use crate::run_folder::{RunFolder, Throttle};
 use crate::state::steps::Commit;
 
 /// One committed step to record, with its wall-clock figures.
@@ -28,12 +29,23 @@ pub struct Line {
     pub tokens_per_s: f64,
 }
 
+/// What the metrics thread does.
+#[derive(Debug)]
+enum Job {
+    /// Append a committed step (and publish the files when due).
+    Record(Line),
+    /// Publish the files now (the run ended).
+    Publish,
+}
+
 /// The metrics files of a run and the thread that appends to them.
 #[derive(Debug)]
-pub struct Recorder(IoThread<Line>);
+pub struct Recorder(IoThread<Job>);
 
 struct Files {
     dir: PathBuf,
+    folder: RunFolder,
+    throttle: Throttle,
     train: File,
     timing: File,
     ranks: BTreeMap<u32, File>,
@@ -80,8 +92,12 @@ impl Recorder {
     ///
     /// # Errors
     /// A metrics file that cannot be opened.
-    pub fn open(dir: &Path, start_step: u64, config_hash: String) -> anyhow::Result<Self> {
+    pub fn open(folder: RunFolder, start_step: u64, config_hash: String) -> anyhow::Result<Self> {
+        let dir = folder.local.join("metrics");
+        let dir = dir.as_path();
         let mut files = Files {
+            folder: folder.clone(),
+            throttle: Throttle::new(),
             dir: dir.to_path_buf(),
             train: open_from(&dir.join("train.jsonl"), start_step)?,
             timing: open_from(&dir.join("timing.jsonl"), start_step)?,
@@ -89,9 +105,18 @@ impl Recorder {
             start_step,
             config_hash,
         };
-        let thread = IoThread::start("elf-metrics", move |line: Line| {
-            if let Err(e) = files.write(&line) {
-                tracing::error!(error = %format!("{e:#}"), "cannot write the metrics files");
+        let thread = IoThread::start("elf-metrics", move |job: Job| {
+            let publish = match job {
+                Job::Record(line) => {
+                    if let Err(e) = files.write(&line) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot write the metrics files");
+                    }
+                    files.throttle.due(std::time::Instant::now())
+                }
+                Job::Publish => true,
+            };
+            if publish && let Err(e) = files.publish() {
+                tracing::warn!(error = %format!("{e:#}"), "cannot publish the metrics files to the run location");
             }
         })
         .context("cannot start the metrics thread")?;
@@ -100,16 +125,29 @@ impl Recorder {
 
     /// Queues a commit for writing.
     pub fn record(&self, line: Line) {
-        self.0.submit(line);
+        self.0.submit(Job::Record(line));
     }
 
-    /// Writes every queued line and closes the files (blocking).
+    /// Writes every queued line, publishes the files and closes them (blocking).
     pub fn close(&mut self) {
+        self.0.submit(Job::Publish);
         self.0.close();
     }
 }
 
 impl Files {
+    /// Publishes every metrics file to the run location.
+    fn publish(&mut self) -> anyhow::Result<()> {
+        self.train.flush()?;
+        self.timing.flush()?;
+        let mut names = vec!["train.jsonl".to_string(), "timing.jsonl".to_string()];
+        names.extend(self.ranks.keys().map(|r| format!("rank-{r}.jsonl")));
+        for n in names {
+            self.folder.publish(&format!("metrics/{n}"))?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, line: &Line) -> anyhow::Result<()> {
         let c = &line.commit;
         let r0 = c.reports[0].applied().cloned().unwrap_or_default();

@@ -22,6 +22,23 @@ pub enum Refusal {
     /// A registration without an id.
     #[error("empty worker id")]
     EmptyWorkerId,
+    /// A collective address that peers on other hosts cannot reach (loopback or
+    /// unspecified) in a cluster whose coordinator listens beyond loopback.
+    #[error(
+        "worker {worker} registered the collective address {addr}, which peers on other hosts cannot reach: start it with --advertise <its IP or name> (or set POD_IP)"
+    )]
+    UnreachableAddress {
+        /// Who.
+        worker: WorkerId,
+        /// The address it registered.
+        addr: String,
+    },
+    /// A worker the coordinator does not know (evicted, or registered with an earlier
+    /// coordinator): it must register again.
+    #[error(
+        "worker {0} is not registered (evicted, or unknown to this coordinator); register again"
+    )]
+    NotRegistered(WorkerId),
     /// The run has failed; nothing more is taken.
     #[error("the run has failed: {0}")]
     RunFailed(String),
@@ -76,8 +93,10 @@ impl From<Refusal> for tonic::Status {
         match r {
             Refusal::Malformed(_) => tonic::Status::invalid_argument(msg),
             Refusal::Closed => tonic::Status::unavailable(msg),
+            Refusal::NotRegistered(_) => tonic::Status::not_found(msg),
             Refusal::Protocol { .. }
             | Refusal::EmptyWorkerId
+            | Refusal::UnreachableAddress { .. }
             | Refusal::RunFailed(_)
             | Refusal::NoStep
             | Refusal::StaleReport { .. }

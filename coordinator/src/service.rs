@@ -153,6 +153,11 @@ impl Coordinator for Service {
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id))]
+    async fn leave(&self, req: Request<wire::LeaveRequest>) -> Result<Response<wire::Ack>, Status> {
+        self.report(Input::Leave(req.into_inner().into())).await
+    }
+
     async fn status(
         &self,
         _req: Request<wire::StatusRequest>,

@@ -6,7 +6,6 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
 
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::manifest::{FORMAT, Manifest, step_dir};
@@ -69,7 +68,7 @@ pub struct Context {
     /// The run's seed.
     pub seed: u64,
     /// The run folder (for `metrics/eval.jsonl`).
-    pub run_dir: PathBuf,
+    pub folder: crate::run_folder::RunFolder,
 }
 
 /// The storage thread.
@@ -178,7 +177,7 @@ impl Context {
             tracing::warn!(step = job.step.0, error = %e, "eval results not written into the manifest");
         }
         let line = format!("{}\n", eval_doc(job.step, results));
-        let path = self.run_dir.join("metrics/eval.jsonl");
+        let path = self.folder.local.join("metrics/eval.jsonl");
         if let Err(e) = OpenOptions::new()
             .create(true)
             .append(true)
@@ -186,6 +185,8 @@ impl Context {
             .and_then(|mut f| f.write_all(line.as_bytes()))
         {
             tracing::warn!(path = %path.display(), error = %e, "cannot append the eval results");
+        } else if let Err(e) = self.folder.publish("metrics/eval.jsonl") {
+            tracing::warn!(error = %format!("{e:#}"), "cannot publish the eval results to the run location");
         }
     }
 }

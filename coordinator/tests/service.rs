@@ -48,7 +48,8 @@ async fn start(dir: &Path, stop_after: Option<u64>) -> Running {
         Options {
             listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
-            run_dir: dir.to_path_buf(),
+            run: dir.display().to_string(),
+            cache_dir: None,
             events: false,
             resume: None,
             stop_after,

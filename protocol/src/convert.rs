@@ -8,9 +8,10 @@ use std::time::Duration;
 use elf_shared::ids::{QuorumId, Step, WorkerId};
 use elf_shared::manifest::{ShardEntry, TensorEntry};
 use elf_shared::messages::{
-    Admission, Applied, Directive, EvalJob, EvalOutcome, EvalReport, EvalResult, EvalStatus,
+    Admission, Applied, Directive, EvalJob, EvalOutcome, EvalReport, EvalResult, EvalStatus, Leave,
     Losses, Pulse, QuorumStatus, Registration, Role, RunStatus, ShardOutcome, ShardReport,
-    StateIndex, StepOutcome, StepReport, StepTimings, TrainStep, TransferReport, WorkerStatus,
+    StateIndex, StepOutcome, StepReport, StepTimings, TrainStep, TransferReport, WorkerError,
+    WorkerStatus,
 };
 
 use crate::wire;
@@ -133,7 +134,8 @@ impl From<Admission> for wire::RegisterResponse {
         Self {
             config_yaml: a.config_yaml.into_bytes(),
             config_hash: a.config_hash,
-            run_dir: a.run_dir,
+            run_url: a.run_url,
+            checkpoint_root: a.checkpoint_root,
             heartbeat_ms: a.heartbeat.as_millis().min(u32::MAX as u128) as u32,
             run_id: a.run_id,
             resume_from: a.resume_from,
@@ -159,7 +161,8 @@ impl TryFrom<wire::RegisterResponse> for Admission {
         Ok(Self {
             config_yaml,
             config_hash: r.config_hash,
-            run_dir: r.run_dir,
+            run_url: r.run_url,
+            checkpoint_root: r.checkpoint_root,
             heartbeat: Duration::from_millis(r.heartbeat_ms as u64),
             run_id: r.run_id,
             resume_from: r.resume_from,
@@ -490,6 +493,26 @@ impl From<wire::TransferReport> for TransferReport {
     }
 }
 
+impl From<Leave> for wire::LeaveRequest {
+    fn from(l: Leave) -> Self {
+        Self {
+            worker_id: l.worker.0,
+            error: l.error,
+            invalid_config: l.invalid_config,
+        }
+    }
+}
+
+impl From<wire::LeaveRequest> for Leave {
+    fn from(l: wire::LeaveRequest) -> Self {
+        Self {
+            worker: WorkerId(l.worker_id),
+            error: l.error,
+            invalid_config: l.invalid_config,
+        }
+    }
+}
+
 impl From<RunStatus> for wire::RunStatus {
     fn from(s: RunStatus) -> Self {
         Self {
@@ -511,6 +534,15 @@ impl From<RunStatus> for wire::RunStatus {
                 step: e.step,
                 results: e.results.into_iter().map(Into::into).collect(),
             }),
+            worker_errors: s
+                .worker_errors
+                .into_iter()
+                .map(|e| wire::WorkerError {
+                    worker_id: e.worker,
+                    step: e.step,
+                    error: e.error,
+                })
+                .collect(),
         }
     }
 }
@@ -536,6 +568,15 @@ impl From<wire::RunStatus> for RunStatus {
                 step: e.step,
                 results: e.results.into_iter().map(Into::into).collect(),
             }),
+            worker_errors: s
+                .worker_errors
+                .into_iter()
+                .map(|e| WorkerError {
+                    worker: e.worker_id,
+                    step: e.step,
+                    error: e.error,
+                })
+                .collect(),
         }
     }
 }

@@ -54,8 +54,11 @@ pub struct Admission {
     pub config_yaml: String,
     /// Its hash.
     pub config_hash: String,
-    /// Where run artifacts go.
-    pub run_dir: String,
+    /// The run location (URL or path): final weights, samples and eval generations go
+    /// there; the worker proves it reaches it by reading the coordinator's marker.
+    pub run_url: String,
+    /// The checkpoint root (URL or path), which the worker must reach as well.
+    pub checkpoint_root: String,
     /// How often to heartbeat.
     pub heartbeat: Duration,
     /// Identifies the run.
@@ -449,4 +452,29 @@ pub struct RunStatus {
     pub evals_outstanding: usize,
     /// The last evaluation.
     pub last_eval: Option<EvalStatus>,
+    /// The most recent errors workers reported before they left (oldest first, bounded).
+    pub worker_errors: Vec<WorkerError>,
+}
+
+/// An error a worker reported before it left the run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WorkerError {
+    /// Who.
+    pub worker: String,
+    /// The run's step when it left.
+    pub step: u64,
+    /// Its error.
+    pub error: String,
+}
+
+/// A worker leaving the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leave {
+    /// Who.
+    pub worker: WorkerId,
+    /// `None`: a graceful leave at the next step boundary; `Some`: the worker failed.
+    pub error: Option<String>,
+    /// The error is about the run's config as this worker sees it (a path it cannot reach):
+    /// a run that has not started fails with it.
+    pub invalid_config: bool,
 }

@@ -10,7 +10,8 @@ use elf_protocol::wire::coordinator_client::CoordinatorClient;
 use elf_protocol::wire::{self, HeartbeatRequest, NextDirectiveRequest};
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::messages::{
-    Admission, Directive, EvalReport, Pulse, Registration, ShardReport, StepReport, TransferReport,
+    Admission, Directive, EvalReport, Leave, Pulse, Registration, ShardReport, StepReport,
+    TransferReport,
 };
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -58,6 +59,26 @@ pub enum ClientError {
         #[source]
         status: Status,
     },
+    /// The coordinator does not know this worker (it was evicted while its link was down, or
+    /// the coordinator restarted): retriable, by registering again (as a standby).
+    #[error("coordinator {url} no longer knows this worker: {}", status.message())]
+    Forgotten {
+        /// The coordinator's URL.
+        url: String,
+        /// Its answer.
+        #[source]
+        status: Status,
+    },
+    /// The coordinator refused to admit this worker (a protocol mismatch, an address peers
+    /// cannot reach, a failed run): a restart would be refused again.
+    #[error("coordinator {url} refused to admit this worker: {}", status.message())]
+    NotAdmitted {
+        /// The coordinator's URL.
+        url: String,
+        /// Its answer.
+        #[source]
+        status: Status,
+    },
     /// The coordinator's answer does not decode.
     #[error("coordinator {url}: {source}")]
     Decode {
@@ -72,14 +93,20 @@ pub enum ClientError {
 impl ClientError {
     /// True when reconnecting (and registering again) may help.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Lost { .. })
+        matches!(self, Self::Lost { .. } | Self::Forgotten { .. })
+    }
+
+    /// True when the coordinator refused to admit this worker (exit code 3: not retriable).
+    pub fn is_not_admitted(&self) -> bool {
+        matches!(self, Self::NotAdmitted { .. })
     }
 }
 
 /// Maps a `Status` from a call to `url` to the worker's error: a status the transport made
 /// (it carries the transport error as its source) or an `Unavailable`, `DeadlineExceeded` or
 /// `Cancelled` is a lost coordinator; the coordinator's own refusals (`FailedPrecondition`,
-/// `InvalidArgument`, ...) are [`ClientError::Refused`]; anything else the server answered is
+/// `InvalidArgument`, ...) are [`ClientError::Refused`], except `NotFound` (an unknown
+/// worker: [`ClientError::Forgotten`]); anything else the server answered is
 /// [`ClientError::Server`].
 pub fn from_status(url: &str, status: Status) -> ClientError {
     let url = url.to_string();
@@ -89,9 +116,9 @@ pub fn from_status(url: &str, status: Status) -> ClientError {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
             ClientError::Lost { url, status }
         }
+        Code::NotFound => ClientError::Forgotten { url, status },
         Code::FailedPrecondition
         | Code::InvalidArgument
-        | Code::NotFound
         | Code::AlreadyExists
         | Code::PermissionDenied
         | Code::Unauthenticated
@@ -168,7 +195,10 @@ impl Client {
             .inner
             .register(wire::RegisterRequest::from(r))
             .await
-            .map_err(|s| self.status(s))?;
+            .map_err(|s| match self.status(s) {
+                ClientError::Refused { url, status } => ClientError::NotAdmitted { url, status },
+                e => e,
+            })?;
         Admission::try_from(resp.into_inner()).map_err(|e| self.decode(e))
     }
 
@@ -250,6 +280,18 @@ impl Client {
     pub async fn report_transfer(&mut self, r: TransferReport) -> Result<(), ClientError> {
         self.inner
             .report_transfer(wire::TransferReport::from(r))
+            .await
+            .map_err(|s| self.status(s))?;
+        Ok(())
+    }
+
+    /// Leaves the run: gracefully at the next step boundary, or with this worker's error.
+    ///
+    /// # Errors
+    /// As [`from_status`].
+    pub async fn leave(&mut self, l: Leave) -> Result<(), ClientError> {
+        self.inner
+            .leave(wire::LeaveRequest::from(l))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())

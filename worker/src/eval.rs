@@ -16,6 +16,7 @@ use elf_model::sampler::SampleSpec;
 use elf_model::t5::T5Encoder;
 use elf_shared::config::{Config, ResolvedConfig, SamplingConfig};
 use elf_shared::manifest::Manifest;
+use elf_store::Location;
 
 use crate::generate::{generate, sweep};
 
@@ -427,11 +428,7 @@ pub fn run_plan<B: AutodiffBackend>(
 /// # Errors
 /// IO errors, naming the file.
 pub fn write_generations(path: &Path, gens: &[Generated]) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for g in gens {
-        text.push_str(&serde_json::to_string(g)?);
-        text.push('\n');
-    }
+    let text = generations_jsonl(gens)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create", dir.display()))?;
@@ -439,27 +436,39 @@ pub fn write_generations(path: &Path, gens: &[Generated]) -> anyhow::Result<()> 
     std::fs::write(path, text).with_context(|| format!("{}: cannot write", path.display()))
 }
 
+/// Returns generations as JSON lines.
+///
+/// # Errors
+/// A generation that does not serialise.
+pub fn generations_jsonl(gens: &[Generated]) -> anyhow::Result<String> {
+    let mut text = String::new();
+    for g in gens {
+        text.push_str(&serde_json::to_string(g)?);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// An eval job of the coordinator: evaluate the committed checkpoint in `dir` as the run's
-/// config asks, write the generations under `<run_dir>/eval/step-<k>/`, and return the
-/// results.
+/// config asks, write the generations under `<run>/eval/step-<k>/` (the run location, a URL
+/// or path), and return the results.
 ///
 /// # Errors
 /// A checkpoint that does not load (e.g. deleted by retention), an unreadable eval set.
 pub fn run_job<B: AutodiffBackend>(
     dir: &str,
-    run_dir: &Path,
+    run: &Location,
     device: &B::Device,
 ) -> anyhow::Result<Vec<EvalResult>> {
     let m: Loaded<B> = load(dir, device)?;
     let plan = plan_for::<B::InnerBackend>(&m.rc, &m.tokenizer, EvalOverrides::default(), device)?;
     let step = m.manifest.step;
     let results = run_plan(&m, &plan, device, &mut |_, _, _| {})?;
-    let folder = run_dir
-        .join("eval")
-        .join(elf_shared::manifest::step_dir(step));
+    let folder = run.join("eval").join(&elf_shared::manifest::step_dir(step));
     let mut out = vec![];
     for (r, gens) in results {
-        write_generations(&folder.join(format!("{}.jsonl", r.run)), &gens)?;
+        let loc = folder.join(&format!("{}.jsonl", r.run));
+        loc.put(generations_jsonl(&gens)?.into_bytes())?;
         out.push(r);
     }
     Ok(out)

@@ -2,12 +2,12 @@
 //! fatal), and the loop of a dedicated eval worker (`--role eval`), which runs the
 //! coordinator's jobs until the run is done. Training never waits for it.
 
-use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use elf_shared::ids::WorkerId;
 use elf_shared::messages::{Directive, EvalJob, EvalOutcome, EvalReport};
+use elf_store::Location;
 
 use crate::session::Session;
 
@@ -16,12 +16,12 @@ pub fn run_and_report<B: AutodiffBackend>(
     session: &mut Session,
     worker: &WorkerId,
     job: &EvalJob,
-    run_dir: &Path,
+    run: &Location,
     device: &B::Device,
 ) {
     tracing::info!(step = job.step.0, checkpoint = %job.dir, "evaluating");
     let t0 = Instant::now();
-    let outcome = match crate::eval::run_job::<B>(&job.dir, run_dir, device) {
+    let outcome = match crate::eval::run_job::<B>(&job.dir, run, device) {
         Ok(results) => EvalOutcome::Scored(results),
         Err(e) => {
             tracing::warn!(step = job.step.0, error = %format!("{e:#}"), "eval job failed");
@@ -50,18 +50,20 @@ pub fn eval_worker<B: AutodiffBackend>(
     worker: &WorkerId,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let run_dir = std::path::PathBuf::from(&session.admission.run_dir);
+    let run = Location::parse(&session.admission.run_url)?;
     loop {
         let d = session
             .rt
             .block_on(session.client.next_directive(worker, None))?;
         match d {
-            Directive::Eval(job) => run_and_report::<B>(session, worker, &job, &run_dir, device),
+            Directive::Eval(job) => run_and_report::<B>(session, worker, &job, &run, device),
             Directive::Done { .. } => {
                 tracing::info!("run complete; no eval job left");
                 return Ok(());
             }
-            Directive::Stop { reason } => anyhow::bail!("stopped by the coordinator: {reason}"),
+            Directive::Stop { reason } => {
+                return Err(crate::trainer::Stopped(reason).into());
+            }
             Directive::Wait { .. }
             | Directive::Train(_)
             | Directive::SendState { .. }

@@ -1,39 +1,41 @@
 //! The end of a run on the worker the coordinator names (rank 0 of the final quorum): the
-//! final weights (`final.safetensors`) and a few samples from the EMA weights
-//! (`samples.txt`), in the run folder.
+//! final weights, live (`final.safetensors`) and EMA (`final-ema.safetensors`), as the
+//! reference saves both, and a few samples from the EMA weights (`samples.txt`), at the run
+//! location (a URL or path: never this worker's own disk unless the run is there).
 
-use std::path::Path;
-
-use anyhow::Context;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use elf_store::Location;
 
 use crate::data::TrainData;
 use crate::generate::{generate, sweep};
 use crate::replica::Replica;
 
-/// Writes the final weights and samples of `replica` into `run_dir`.
+/// Writes the final weights and samples of `replica` to the run location `run`.
 ///
 /// # Errors
-/// An unwritable run folder, or a prompt the collator rejects.
+/// An unwritable run location, or a prompt the collator rejects.
 pub fn write_final<B: AutodiffBackend>(
     replica: &Replica<B>,
     data: &TrainData,
-    run_dir: &Path,
+    run: &Location,
     device: &B::Device,
 ) -> anyhow::Result<()> {
-    let params =
-        elf_model::weights::named_host_params::<B::InnerBackend, _>(&replica.model.valid());
-    let path = run_dir.join("final.safetensors");
-    elf_model::weights::write_safetensors(&path, &params)?;
-    write_samples(replica, data, run_dir, device)
+    use elf_model::weights::{named_host_params, to_safetensors};
+    let live = named_host_params::<B::InnerBackend, _>(&replica.model.valid());
+    run.join("final.safetensors")
+        .put(to_safetensors(&live, None))?;
+    let ema = named_host_params::<B::InnerBackend, _>(&replica.ema);
+    run.join("final-ema.safetensors")
+        .put(to_safetensors(&ema, None))?;
+    write_samples(replica, data, run, device)
 }
 
 /// Generates the end-of-run samples from the EMA weights and writes them to the run folder.
 fn write_samples<B: AutodiffBackend>(
     replica: &Replica<B>,
     ds: &TrainData,
-    run_dir: &Path,
+    run: &Location,
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let c = &replica.config;
@@ -77,7 +79,6 @@ fn write_samples<B: AutodiffBackend>(
             None => text.push_str(&format!("[{i}] {out}\n")),
         }
     }
-    std::fs::write(run_dir.join("samples.txt"), text)
-        .with_context(|| format!("{}: cannot write samples.txt", run_dir.display()))?;
+    run.join("samples.txt").put(text.into_bytes())?;
     Ok(())
 }

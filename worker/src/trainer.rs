@@ -8,20 +8,21 @@
 //! starts a new trainer from the checkpoint the (restarted) coordinator names: no state is
 //! trusted across coordinators but the committed checkpoint.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
 use burn::tensor::backend::AutodiffBackend;
 use elf_shared::ids::{Step, WorkerId};
-use elf_shared::messages::{Directive, Role, StepOutcome, StepReport, TrainStep, TransferReport};
+use elf_shared::messages::{
+    Directive, Leave, Role, StepOutcome, StepReport, TrainStep, TransferReport,
+};
 use elf_store::Location;
 
 use crate::client::ClientError;
 use crate::data::TrainData;
 use crate::replica::{Replica, load_encoder};
 use crate::saver::Saver;
-use crate::session::{Session, WorkerOptions};
+use crate::session::{Probes, Session, WorkerOptions};
 use crate::step::StepRunner;
 
 /// One session's training worker.
@@ -33,7 +34,7 @@ pub struct Trainer<B: AutodiffBackend> {
     data: TrainData,
     runner: StepRunner,
     saver: Saver,
-    run_dir: PathBuf,
+    run: Location,
     device: B::Device,
 }
 
@@ -44,13 +45,23 @@ pub struct Trainer<B: AutodiffBackend> {
 /// An unreachable coordinator, a refused registration, a config that does not hash to what the
 /// coordinator sent, a failed step, or a stop from the coordinator.
 pub fn run<B: AutodiffBackend>(opts: WorkerOptions, device: B::Device) -> anyhow::Result<()> {
+    let probes = Probes::start(&opts.http_listen)?;
     let mut timeout = opts.connect_timeout;
     loop {
-        match session::<B>(&opts, device.clone(), timeout) {
+        match session::<B>(&opts, device.clone(), timeout, &probes) {
+            Err(e)
+                if probes.is_terminating()
+                    && e.downcast_ref::<ClientError>()
+                        .is_some_and(ClientError::is_retriable) =>
+            {
+                tracing::warn!(error = %e, "SIGTERM and the coordinator is gone: exiting");
+                return Ok(());
+            }
             Err(e)
                 if e.downcast_ref::<ClientError>()
                     .is_some_and(ClientError::is_retriable) =>
             {
+                probes.set_ready(false);
                 tracing::warn!(error = %e, "lost the coordinator; reconnecting");
                 timeout = opts.reconnect_timeout;
                 std::thread::sleep(Duration::from_millis(200));
@@ -64,12 +75,55 @@ fn session<B: AutodiffBackend>(
     opts: &WorkerOptions,
     device: B::Device,
     connect_timeout: Duration,
+    probes: &Probes,
 ) -> anyhow::Result<()> {
-    let mut session = Session::open(opts, connect_timeout)?;
+    let mut session = Session::open(opts, connect_timeout, probes)?;
+    if let Err(e) = crate::session::check_reachable(&session.admission, &session.rc) {
+        report_failure(&mut session, &opts.worker_id, &e.to_string(), true);
+        return Err(e.into());
+    }
     if opts.role == Role::Eval {
-        return crate::evaluator::eval_worker::<B>(&mut session, &opts.worker_id, &device);
+        let r = crate::evaluator::eval_worker::<B>(&mut session, &opts.worker_id, &device);
+        return reported(&mut session, &opts.worker_id, r);
     }
     Trainer::<B>::new(session, opts.worker_id.clone(), device)?.train()
+}
+
+/// Reports `r`'s error to the coordinator before returning it, unless it is about the
+/// coordinator itself (lost, or it refused or stopped this worker: it knows).
+fn reported(session: &mut Session, worker: &WorkerId, r: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = &r
+        && e.downcast_ref::<ClientError>().is_none()
+        && e.downcast_ref::<Stopped>().is_none()
+    {
+        report_failure(session, worker, &format!("{e:#}"), false);
+    }
+    r
+}
+
+/// The coordinator stopped this worker (it knows why).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by the coordinator: {0}")]
+pub struct Stopped(pub(crate) String);
+
+/// How long a failing worker tries to tell the coordinator its error before it exits.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Tells the coordinator this worker failed with `error` (best effort, bounded: the worker
+/// exits with the error either way).
+fn report_failure(session: &mut Session, worker: &WorkerId, error: &str, invalid_config: bool) {
+    let leave = Leave {
+        worker: worker.clone(),
+        error: Some(error.to_string()),
+        invalid_config,
+    };
+    let mut client = session.client.clone();
+    let sent = session
+        .rt
+        .block_on(async { tokio::time::timeout(REPORT_TIMEOUT, client.leave(leave)).await });
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::warn!("could not report this worker's error to the coordinator");
+    }
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -78,19 +132,26 @@ impl<B: AutodiffBackend> Trainer<B> {
     ///
     /// # Errors
     /// Unreadable data, encoder or checkpoint.
-    pub fn new(session: Session, worker: WorkerId, device: B::Device) -> anyhow::Result<Self> {
+    pub fn new(mut session: Session, worker: WorkerId, device: B::Device) -> anyhow::Result<Self> {
         let rc = session.rc.clone();
         let c = &rc.config;
-        let data = TrainData::open(&rc)?;
-        let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
-        let mut replica = Replica::<B>::new(c.clone(), encoder, data.vocab, device.clone());
-        if let Some(url) = &session.admission.resume_from {
-            let dir = Location::parse(url)?;
-            let m = elf_store::checkpoints::read_manifest(&dir)?;
-            let state = crate::checkpoint::read_state(&dir, &m)?;
-            replica.restore(&m.tensors, &state, m.optimizer_count)?;
-            tracing::info!(checkpoint = %url, step = m.step, written_by = m.world_size, "state loaded");
-        }
+        let built = (|| -> anyhow::Result<(TrainData, Replica<B>)> {
+            let data = TrainData::open(&rc)?;
+            let encoder = load_encoder::<B::InnerBackend>(&rc, &device)?;
+            let mut replica = Replica::<B>::new(c.clone(), encoder, data.vocab, device.clone());
+            if let Some(url) = &session.admission.resume_from {
+                let dir = Location::parse(url)?;
+                let m = elf_store::checkpoints::read_manifest(&dir)?;
+                let state = crate::checkpoint::read_state(&dir, &m)?;
+                replica.restore(&m.tensors, &state, m.optimizer_count)?;
+                tracing::info!(checkpoint = %url, step = m.step, written_by = m.world_size, "state loaded");
+            }
+            Ok((data, replica))
+        })();
+        let (data, replica) = match built {
+            Ok(b) => b,
+            Err(e) => return Err(reported(&mut session, &worker, Err(e)).unwrap_err()),
+        };
         let share = replica
             .state_numel()
             .div_ceil(c.cluster.workers.max(1) as u64) as usize;
@@ -104,7 +165,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         Ok(Self {
             runner: StepRunner::new(c, session.ring.clone()),
-            run_dir: PathBuf::from(&session.admission.run_dir),
+            run: Location::parse(&session.admission.run_url)?,
             session,
             worker,
             replica,
@@ -119,6 +180,11 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// # Errors
     /// A lost coordinator (the caller reconnects), a refused report, a failed step, a stop.
     pub fn train(mut self) -> anyhow::Result<()> {
+        let r = self.directives();
+        reported(&mut self.session, &self.worker, r)
+    }
+
+    fn directives(&mut self) -> anyhow::Result<()> {
         let mut after: Option<Step> = None;
         loop {
             let d = self
@@ -136,7 +202,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     &mut self.session,
                     &self.worker,
                     &job,
-                    &self.run_dir,
+                    &self.run,
                     &self.device,
                 ),
                 Directive::SendState { step, to } => {
@@ -161,13 +227,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                         crate::outputs::write_final(
                             &self.replica,
                             &self.data,
-                            &self.run_dir,
+                            &self.run,
                             &self.device,
                         )?;
                     }
                     return Ok(());
                 }
-                Directive::Stop { reason } => bail!("stopped by the coordinator: {reason}"),
+                Directive::Stop { reason } => return Err(Stopped(reason).into()),
             }
         }
     }

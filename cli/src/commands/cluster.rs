@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use elf_coordinator::{Options, Outcome};
 use elf_shared::config::ResolvedConfig;
@@ -39,9 +40,16 @@ pub struct CoordinatorArgs {
     /// HTTP listen address for `/metrics` and `/status`.
     #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
     pub http: String,
-    /// Run folder.
-    #[arg(long, env = "ELF_RUN_DIR")]
-    pub run_dir: PathBuf,
+    /// The run location: an object-store URL (`s3://`, `gs://`, `az://`, `file://`), the only
+    /// medium a multi-host run's processes share, or a local path. Checkpoints (unless
+    /// `checkpoint.url` says otherwise), metrics, final weights, samples and eval generations
+    /// go there.
+    #[arg(long = "run", visible_alias = "run-dir", env = "ELF_RUN")]
+    pub run_url: String,
+    /// Local folder for the coordinator's copy of the metrics files of a run on a store (a
+    /// cache: a coordinator on another host restores it from the store).
+    #[arg(long, env = "ELF_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Training workers to wait for: sets `cluster.workers` (default: the config's).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -81,18 +89,28 @@ pub struct WorkerArgs {
     /// Coordinator URL, e.g. `http://127.0.0.1:5000`.
     #[arg(long, env = "ELF_COORDINATOR")]
     pub coordinator: String,
-    /// Stable worker identity (default: hostname and pid).
+    /// Stable worker identity, kept across restarts: a process with the same id replaces the
+    /// old one (default: `POD_NAME` from the environment, else the host name and the
+    /// collective port).
     #[arg(long, env = "ELF_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Device: `cpu` (or `cuda:N` with the cuda feature).
     #[arg(long, default_value = "cpu", env = "ELF_DEVICE")]
     pub device: String,
-    /// Where the collective listens; the bound address is registered.
+    /// Where the collective (ring and state copies) listens.
     #[arg(long, default_value = "127.0.0.1:0", env = "ELF_COLLECTIVE")]
     pub collective: String,
-    /// Where `/metrics` listens.
+    /// The host (IP or name) peers on other hosts reach the collective at; registered with
+    /// the bound port. Default: the bound address, or `POD_IP` from the environment when the
+    /// bind address is unspecified (`0.0.0.0`).
+    #[arg(long, env = "ELF_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
     #[arg(long, default_value = "127.0.0.1:0", env = "ELF_HTTP")]
     pub http: String,
+    /// Compute threads (default: every core).
+    #[arg(long, env = "ELF_THREADS")]
+    pub threads: Option<usize>,
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 30)]
     pub connect_timeout_s: u64,
@@ -104,6 +122,32 @@ pub struct WorkerArgs {
     /// resumes from its checkpoints; the worker registers again and continues).
     #[arg(long, default_value_t = 120)]
     pub reconnect_timeout_s: u64,
+}
+
+/// The id of a worker started without `--worker-id`: `POD_NAME`, else the host name with the
+/// collective port (stable when the port is fixed; distinct for local workers on port 0,
+/// which then differ per process).
+fn default_worker_id(collective: &str) -> anyhow::Result<String> {
+    if let Ok(pod) = std::env::var("POD_NAME")
+        && !pod.is_empty()
+    {
+        return Ok(pod);
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    let port = collective
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .with_context(|| format!("--collective {collective}: no port"))?;
+    Ok(if port == 0 {
+        format!("{host}-{}", std::process::id())
+    } else {
+        format!("{host}-{port}")
+    })
 }
 
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -120,32 +164,57 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     let opts = Options {
         listen: a.listen,
         http_listen: a.http,
-        run_dir: a.run_dir,
+        run: a.run_url,
+        cache_dir: a.cache_dir,
         events: true,
         resume: a.run.resume,
         stop_after: a.run.stop_after,
     };
     let outcome = rt.block_on(async move {
         let running = start_coordinator(rc, opts).await?;
+        let handle = running.handle.clone();
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        tokio::spawn(async move {
+            if sigterm.recv().await.is_some() {
+                tracing::warn!("SIGTERM: committing a last checkpoint, then stopping");
+                let _ = handle.terminate().await;
+            }
+        });
         Ok::<_, anyhow::Error>(running.done.await?)
     })?;
     match outcome {
         Outcome::Done { .. } => Ok(()),
+        Outcome::Terminated { steps } => anyhow::bail!(
+            "stopped by SIGTERM after {steps} committed steps; a restart resumes from the last checkpoint"
+        ),
         Outcome::Failed(why) => anyhow::bail!("run failed: {why}"),
+        Outcome::Invalid(why) => Err(elf_shared::config::ConfigError::Invalid {
+            path: "the run's config".into(),
+            problems: vec![why],
+        }
+        .into()),
     }
 }
 
 /// Runs `elf worker` until the coordinator says the run is done.
 pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
-    let id = a.worker_id.unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    });
+    if let Some(n) = a.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .with_context(|| format!("--threads {n}: cannot start the compute threads"))?;
+    }
+    let id = match a.worker_id {
+        Some(id) => id,
+        None => default_worker_id(&a.collective)?,
+    };
     let opts = WorkerOptions {
         coordinator: a.coordinator,
         worker_id: id.into(),
         device: a.device.clone(),
         collective_listen: a.collective,
+        advertise: a.advertise,
         http_listen: a.http,
         connect_timeout: Duration::from_secs(a.connect_timeout_s),
         role: if a.role == "eval" {

@@ -48,7 +48,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let opts = Options {
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
-        run_dir: a.run_dir.clone(),
+        run: a.run_dir.display().to_string(),
+        cache_dir: None,
         events: false,
         resume: a.run.resume.clone(),
         stop_after: a.run.stop_after,
@@ -84,7 +85,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                 "--role",
                 role,
             ])
-            .env("RAYON_NUM_THREADS", threads.to_string())
+            .args(["--threads", &threads.to_string()])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -125,11 +126,23 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         Outcome::Failed(why) => {
             anyhow::bail!("run failed: {why} (worker logs in {})", logs.display())
         }
+        Outcome::Terminated { steps } => {
+            anyhow::bail!("stopped after {steps} committed steps; a restart resumes it")
+        }
+        Outcome::Invalid(why) => Err(anyhow::Error::new(
+            elf_shared::config::ConfigError::Invalid {
+                path: "the run's config".into(),
+                problems: vec![why],
+            },
+        )
+        .context(format!("worker logs in {}", logs.display()))),
         Outcome::Done { steps } => {
             if !failed_children.is_empty() {
-                anyhow::bail!(
-                    "workers {failed_children:?} exited with an error (logs in {})",
-                    logs.display()
+                // The run recovered from them: it is done, and the exit status says so.
+                tracing::warn!(
+                    workers = ?failed_children,
+                    logs = %logs.display(),
+                    "the run completed, but these local workers exited with an error along the way"
                 );
             }
             tracing::info!(steps, run_dir = %a.run_dir.display(), "training done");

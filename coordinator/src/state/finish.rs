@@ -74,6 +74,14 @@ impl Model {
                     }
                     self.finish.saves_settled = true;
                 }
+                if self.terminated {
+                    // Nobody is told the run is done: it is not.
+                    self.finish.ended = true;
+                    self.effects.push(Effect::Finish(Outcome::Terminated {
+                        steps: self.round.step.0,
+                    }));
+                    return;
+                }
                 if self.evals.outstanding() > 0 {
                     return;
                 }
@@ -81,6 +89,7 @@ impl Model {
                     steps: self.round.step.0,
                 }
             }
+            Phase::Failed(why) if self.invalid => Outcome::Invalid(why.clone()),
             Phase::Failed(why) => Outcome::Failed(why.clone()),
             Phase::Forming | Phase::Running => return,
         };

@@ -21,9 +21,11 @@
 pub mod evals;
 pub mod finish;
 pub mod joins;
+pub mod leaves;
 pub mod membership;
 pub mod saves;
 pub mod steps;
+pub mod terminate;
 
 #[cfg(test)]
 mod tests;
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::manifest::step_dir;
 use elf_shared::messages::{
-    Directive, EvalJob, EvalReport, PROTOCOL_VERSION, Pulse, Registration, Role, RunStatus,
+    Directive, EvalJob, EvalReport, Leave, PROTOCOL_VERSION, Pulse, Registration, Role, RunStatus,
     ShardReport, StepReport, TrainStep, TransferReport,
 };
 use elf_shared::run::RunFacts;
@@ -42,6 +44,7 @@ use crate::refusal::Refusal;
 use evals::Evals;
 use finish::Finish;
 use joins::Transfer;
+use leaves::Leaves;
 use membership::{Membership, Quorum};
 use saves::{CompletedSave, Saves};
 use steps::{Commit, Round};
@@ -71,6 +74,9 @@ pub struct Settings {
     pub save_hold: Duration,
     /// How long an ended run waits for every worker to hear its final directive.
     pub farewell_hold: Duration,
+    /// The coordinator listens beyond loopback: workers are on other hosts, so a loopback or
+    /// unspecified collective address is refused.
+    pub spans_hosts: bool,
 }
 
 impl Settings {
@@ -117,6 +123,8 @@ pub enum Input {
     ReportEval(EvalReport),
     /// A worker reports its side of a state copy.
     ReportTransfer(TransferReport),
+    /// A worker leaves (gracefully at the next step boundary, or because it failed).
+    Leave(Leave),
     /// The driver wrote (or failed to write) a manifest it was asked to.
     ManifestWritten(ManifestWritten),
     /// The driver recorded an eval report it was asked to.
@@ -128,6 +136,8 @@ pub enum Input {
     },
     /// A request for the status document.
     Status,
+    /// SIGTERM: commit one last checkpoint, then stop (the run is not over).
+    Terminate,
     /// Time passed: evict silent members, resolve a broken quorum, end the run when due.
     Tick,
 }
@@ -145,6 +155,20 @@ pub struct ManifestWritten {
     pub retention_error: Option<String>,
 }
 
+/// Returns false for a `host:port` that only its own host can reach: a loopback or
+/// unspecified IP, or `localhost` (a name is otherwise trusted: only DNS can tell).
+pub fn reachable_from_other_hosts(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => !(ip.is_loopback() || ip.is_unspecified()),
+        Err(_) => !host.is_empty() && !host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -155,6 +179,15 @@ pub enum Outcome {
     },
     /// The run stopped; the reason names the worker or step.
     Failed(String),
+    /// The run cannot start as configured (a worker cannot reach a path the config names):
+    /// a restart would fail the same way.
+    Invalid(String),
+    /// SIGTERM stopped the run after committing step `steps - 1` (its last checkpoint, if the
+    /// save completed): a restart resumes it.
+    Terminated {
+        /// Steps committed in total.
+        steps: u64,
+    },
 }
 
 /// Something the driver does for the model.
@@ -291,6 +324,11 @@ pub struct Model {
     evals: Evals,
     transfer: Option<Transfer>,
     finish: Finish,
+    leaves: Leaves,
+    /// The run failed because of its config (see [`Outcome::Invalid`]).
+    invalid: bool,
+    /// SIGTERM arrived (see [`terminate`]).
+    terminated: bool,
     /// Filled while one input is handled, drained into its [`Output`].
     reasons: Vec<String>,
     effects: Vec<Effect>,
@@ -312,6 +350,9 @@ impl Model {
             evals: Evals::default(),
             transfer: None,
             finish: Finish::default(),
+            leaves: Leaves::default(),
+            invalid: false,
+            terminated: false,
             reasons: vec![],
             effects: vec![],
             settings,
@@ -324,7 +365,18 @@ impl Model {
             Input::Register(r) => self.register(now, r),
             Input::Heartbeat(w) => Reply::Pulse(self.heartbeat(now, &w)),
             Input::NextDirective { worker, after } => {
-                Reply::Directive(self.directive(&worker, after))
+                if self.leaves.departed(&worker) {
+                    Reply::Directive(Directive::Done {
+                        steps: self.round.step.0,
+                        write_outputs: false,
+                    })
+                } else if self.members.contains(&worker) || self.phase == Phase::Done {
+                    Reply::Directive(self.directive(&worker, after))
+                } else {
+                    // Evicted (its link was down, say): it registers again and rejoins as a
+                    // standby by itself.
+                    Reply::Refused(Refusal::NotRegistered(worker))
+                }
             }
             Input::ReportStep(r) => self.report_step(now, r),
             Input::ReportShard(r) => {
@@ -337,11 +389,16 @@ impl Model {
                 self.manifest_written(m);
                 Reply::None
             }
+            Input::Leave(l) => self.leave(now, l),
             Input::EvalRecorded { worker, step } => {
                 self.evals.complete(&worker, step);
                 Reply::None
             }
             Input::Status => Reply::Status(Box::new(self.status(now))),
+            Input::Terminate => {
+                self.terminate();
+                Reply::None
+            }
             Input::Tick => {
                 self.tick(now);
                 Reply::None
@@ -414,6 +471,12 @@ impl Model {
         if r.worker.as_str().is_empty() {
             return Reply::Refused(Refusal::EmptyWorkerId);
         }
+        if self.settings.spans_hosts && !reachable_from_other_hosts(&r.collective_addr) {
+            return Reply::Refused(Refusal::UnreachableAddress {
+                worker: r.worker,
+                addr: r.collective_addr,
+            });
+        }
         if let Phase::Failed(why) = &self.phase {
             return Reply::Refused(Refusal::RunFailed(why.clone()));
         }
@@ -442,6 +505,7 @@ impl Model {
                 self.quorum().map_or(0, |q| q.id.0)
             ));
         }
+        self.leaves.returned(&r.worker);
         self.effects.push(Effect::Event(Event::Registered {
             worker: r.worker.clone(),
             device: r.device.clone(),
@@ -483,6 +547,12 @@ impl Model {
                 return Directive::Stop {
                     reason: why.clone(),
                 };
+            }
+            Phase::Done if self.terminated => {
+                return Directive::wait(
+                    "the coordinator is shutting down (SIGTERM); the run resumes from its last checkpoint"
+                        .to_string(),
+                );
             }
             Phase::Done => {
                 return Directive::Done {
@@ -574,6 +644,7 @@ impl Model {
 
     /// Decides what follows an input: the first quorum, a join, an inline eval job, the end.
     fn settle(&mut self, now: Instant) {
+        self.depart_leavers();
         self.maybe_form();
         self.maybe_start_transfer();
         self.maybe_assign_inline_eval();
@@ -592,6 +663,7 @@ impl Model {
         let phase = match &self.phase {
             Phase::Forming => "forming".to_string(),
             Phase::Running => "running".into(),
+            Phase::Done if self.terminated => "terminating".into(),
             Phase::Done => "done".into(),
             Phase::Failed(why) => format!("failed: {why}"),
         };
@@ -617,6 +689,7 @@ impl Model {
                 })
                 .collect(),
             evals_outstanding: self.evals.outstanding(),
+            worker_errors: self.leaves.errors(),
             ..RunStatus::default()
         }
     }

@@ -310,7 +310,7 @@ impl Model {
     }
 
     /// Fails the run: no training worker holding a valid state is left.
-    fn fail_without_workers(&mut self, lost: Option<String>) {
+    pub(super) fn fail_without_workers(&mut self, lost: Option<String>) {
         let why = format!("no training worker is left at step {}", self.round.step);
         self.phase = Phase::Failed(match lost {
             Some(l) => format!("{l}; {why}"),

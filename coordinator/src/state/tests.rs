@@ -43,6 +43,7 @@ fn settings_for(expected: usize, total: u64, batch: usize, shard: usize) -> Sett
         eval_inline: true,
         save_hold: Duration::from_secs(60),
         farewell_hold: Duration::from_secs(10),
+        spans_hosts: false,
     }
 }
 
@@ -821,9 +822,17 @@ fn a_long_poll_never_changes_membership() {
     s.at(60);
     s.heartbeat("b");
     for _ in 0..3 {
-        for id in ["a", "b", "stranger"] {
+        for id in ["a", "b"] {
             s.directive(id, None);
         }
+        let stranger = s.input(Input::NextDirective {
+            worker: w("stranger"),
+            after: None,
+        });
+        assert!(matches!(
+            stranger.reply,
+            Reply::Refused(Refusal::NotRegistered(_))
+        ));
         s.input(Input::Status);
     }
     assert!(s.m.members().contains(&w("b")));
@@ -1131,4 +1140,229 @@ fn shards_of_an_attempt_that_was_redone_are_stale() {
     let saves = manifests(&o);
     assert_eq!(saves.len(), 1, "{o:?}");
     assert_eq!(saves[0].shards.len(), 1, "only quorum 2's shard");
+}
+
+fn leave(s: &mut Sim, id: &str, error: Option<&str>, invalid_config: bool) -> Output {
+    s.input(Input::Leave(Leave {
+        worker: w(id),
+        error: error.map(str::to_string),
+        invalid_config,
+    }))
+}
+
+fn is_done_for(d: &Directive) -> bool {
+    matches!(
+        d,
+        Directive::Done {
+            write_outputs: false,
+            ..
+        }
+    )
+}
+
+#[test]
+fn a_worker_leaving_mid_step_finishes_it_and_the_rest_go_on_without_a_redo() {
+    let mut s = Sim::new(settings(4, 6));
+    for id in ["a", "b", "c", "d"] {
+        s.register(member(id));
+    }
+    s.commit_step(&["a", "b", "c", "d"], 0);
+    let ts: Vec<TrainStep> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| s.train(id, Some(0)))
+        .collect();
+    // SIGTERM on d while step 1 is in flight: it trains step 1 with its peers.
+    let o = leave(&mut s, "d", None, false);
+    assert_eq!(o.reasons, ["worker d leaves after step 1 commits"]);
+    assert_eq!(s.m.quorum().unwrap().id, QuorumId(1));
+    for (t, id) in ts.iter().zip(["a", "b", "c", "d"]) {
+        s.applied(t, id, "x");
+    }
+    // Step 1 committed by all four; the next quorum has the other three... which do not
+    // split a batch of 8: the largest world size that does is 2.
+    assert_eq!(s.m.step(), Step(2));
+    assert_eq!(s.ranks(), ["a", "b"]);
+    assert!(is_done_for(&s.directive("d", Some(1))));
+    let t = s.train("a", Some(1));
+    assert_eq!(
+        (t.step, t.world_size, t.quorum),
+        (Step(2), 2, QuorumId(2)),
+        "no step is redone"
+    );
+    assert!(!s.m.members().contains(&w("d")));
+}
+
+#[test]
+fn a_worker_leaving_at_a_step_boundary_leaves_at_once() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    let o = leave(&mut s, "b", None, false);
+    assert_eq!(
+        o.reasons,
+        [
+            "worker b left the run",
+            "quorum 2 formed with 1 workers (a) after a leave at step 1"
+        ]
+    );
+    assert_eq!(s.train("a", Some(0)).world_size, 1);
+    assert!(is_done_for(&s.directive("b", Some(0))));
+    // Leaving again, or after the fact, changes nothing.
+    assert!(leave(&mut s, "b", None, false).reasons.is_empty());
+}
+
+#[test]
+fn a_failed_worker_is_removed_at_once_and_its_error_reaches_the_status() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    let ta = s.train("a", None);
+    s.train("b", None);
+    let o = leave(
+        &mut s,
+        "b",
+        Some("dataset row 3: negative token id -4"),
+        false,
+    );
+    assert_eq!(
+        o.reasons[0],
+        "worker b failed: dataset row 3: negative token id -4"
+    );
+    assert!(!s.m.members().contains(&w("b")));
+    // a's ring broke with b: nobody applied step 0, so a redoes it alone.
+    let o = s.report(&ta, "a", collective_failed());
+    assert!(
+        o.reasons.iter().any(|r| r.contains("step 0 is redone")),
+        "{o:?}"
+    );
+    let Reply::Status(st) = s.input(Input::Status).reply else {
+        panic!()
+    };
+    assert_eq!(st.worker_errors.len(), 1);
+    assert_eq!(st.worker_errors[0].worker, "b");
+    assert_eq!(
+        st.worker_errors[0].error,
+        "dataset row 3: negative token id -4"
+    );
+}
+
+#[test]
+fn a_worker_that_cannot_reach_the_configs_paths_fails_a_run_that_has_not_started() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    let o = leave(&mut s, "a", Some("data_path /x: not reachable"), true);
+    assert_eq!(
+        s.phase(),
+        &Phase::Failed("worker a: data_path /x: not reachable".into())
+    );
+    // Nobody else to tell: the run ends at once, as invalid (exit code 3).
+    assert_eq!(
+        finished(&o),
+        Some(&Outcome::Invalid(
+            "worker a: data_path /x: not reachable".into()
+        ))
+    );
+}
+
+#[test]
+fn an_evicted_worker_that_comes_back_is_told_to_register_and_rejoins_as_a_standby() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    // b's link goes down: evicted; a goes on alone.
+    s.only_alive(&["a"]);
+    assert!(matches!(
+        s.input(Input::NextDirective {
+            worker: w("b"),
+            after: Some(Step(0)),
+        })
+        .reply,
+        Reply::Refused(Refusal::NotRegistered(_))
+    ));
+    // It registers again by itself: a standby until a peer's state is copied to it.
+    assert_eq!(
+        s.register(member("b")),
+        Reply::Admitted {
+            load_checkpoint: false
+        }
+    );
+    assert!(matches!(
+        s.directive("b", None),
+        Directive::Wait { .. } | Directive::ReceiveState { .. }
+    ));
+}
+
+#[test]
+fn a_cluster_across_hosts_refuses_addresses_only_their_own_host_reaches() {
+    let mut f = settings(1, 2);
+    f.spans_hosts = true;
+    let mut s = Sim::new(f);
+    for addr in [
+        "127.0.0.1:7000",
+        "0.0.0.0:7000",
+        "[::1]:7000",
+        "localhost:7000",
+    ] {
+        let r = Registration {
+            collective_addr: addr.into(),
+            ..member("a")
+        };
+        let Reply::Refused(e) = s.register(r) else {
+            panic!("{addr} was admitted")
+        };
+        assert!(e.to_string().contains("--advertise"), "{e}");
+    }
+    for addr in ["10.1.2.3:7000", "w0.elf.svc:7000"] {
+        let r = Registration {
+            collective_addr: addr.into(),
+            ..member("a")
+        };
+        assert!(matches!(s.register(r), Reply::Admitted { .. }), "{addr}");
+    }
+    // On one host, loopback is what it should be.
+    let mut s = Sim::new(settings(1, 2));
+    assert!(matches!(s.register(member("a")), Reply::Admitted { .. }));
+}
+
+#[test]
+fn sigterm_saves_the_next_step_boundary_then_stops_without_telling_anyone_the_run_is_done() {
+    let mut s = Sim::new(settings(2, 20));
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    // Step 1 is in flight (handed out without a save): the last save is of step 2.
+    let ta = s.train("a", Some(0));
+    let tb = s.train("b", Some(0));
+    assert_eq!(ta.save_to, None);
+    let o = s.input(Input::Terminate);
+    assert_eq!(
+        o.reasons,
+        ["SIGTERM: stopping after step 2 with a checkpoint; a restart resumes from it"]
+    );
+    s.applied(&ta, "a", "x");
+    s.applied(&tb, "b", "x");
+    let ta = s.train("a", Some(1));
+    let tb = s.train("b", Some(1));
+    assert_eq!(ta.save_to.as_deref(), Some("ckpt/step-000000002"));
+    s.applied(&ta, "a", "x");
+    s.applied(&tb, "b", "x");
+    assert_eq!(s.phase(), &Phase::Done);
+    // Nobody is told "done" (nor handed step 3): they wait, and reconnect to a restart.
+    assert!(matches!(s.directive("a", Some(2)), Directive::Wait { .. }));
+    s.input(Input::ReportShard(shard("a", 2, 0, 2)));
+    let o = s.input(Input::ReportShard(shard("b", 2, 1, 2)));
+    assert_eq!(manifests(&o).len(), 1, "{o:?}");
+    assert_eq!(finished(&o), None, "the end waits for the checkpoint");
+    let o = s.manifest_written(2, true);
+    assert_eq!(finished(&o), Some(&Outcome::Terminated { steps: 3 }));
+}
+
+#[test]
+fn sigterm_before_the_first_quorum_stops_at_once() {
+    let mut s = Sim::new(settings(2, 20));
+    s.register(member("a"));
+    let o = s.input(Input::Terminate);
+    assert_eq!(finished(&o), Some(&Outcome::Terminated { steps: 0 }));
 }
