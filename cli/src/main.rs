@@ -147,6 +147,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     let invalid = e.chain().any(|c| {
         c.downcast_ref::<elf_shared::config::ConfigError>()
             .is_some()
+            || c.downcast_ref::<elf_worker::session::Unreachable>()
+                .is_some()
             || c.downcast_ref::<elf_worker::client::ClientError>()
                 .is_some_and(elf_worker::client::ClientError::is_not_admitted)
     });

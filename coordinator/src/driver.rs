@@ -385,6 +385,9 @@ impl Driver {
             Event::CheckpointCommitted { step } => {
                 m.checkpoint_saves.inc();
                 m.checkpoint_last_step.set(step.0 as i64);
+                // The published metrics cover every step up to the checkpoint a restarted
+                // coordinator resumes from.
+                self.recorder.publish();
                 self.emit("checkpoint", json!({"step": step.0}));
             }
             Event::CheckpointNotCommitted { step, reason } => {

@@ -128,6 +128,11 @@ impl Recorder {
         self.0.submit(Job::Record(line));
     }
 
+    /// Publishes the files to the run location once the queued lines are written.
+    pub fn publish(&self) {
+        self.0.submit(Job::Publish);
+    }
+
     /// Writes every queued line, publishes the files and closes them (blocking).
     pub fn close(&mut self) {
         self.0.submit(Job::Publish);

@@ -89,7 +89,7 @@ impl RunFolder {
         std::fs::write(&path, bytes)
             .with_context(|| format!("{}: cannot write", path.display()))?;
         if self.on_store() {
-            self.run.join(rel).put(bytes.to_vec())?;
+            self.remote(rel).put(bytes.to_vec())?;
         }
         Ok(())
     }
@@ -105,8 +105,15 @@ impl RunFolder {
         let path = self.local.join(rel);
         let bytes =
             std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        self.run.join(rel).put(bytes)?;
+        self.remote(rel).put(bytes)?;
         Ok(())
+    }
+
+    /// Returns `rel` (`a/b`) under the run location, one path segment at a time (an object
+    /// key joined whole would escape its `/`).
+    fn remote(&self, rel: &str) -> Location {
+        rel.split('/')
+            .fold(self.run.clone(), |l, part| l.join(part))
     }
 }
 

@@ -33,17 +33,26 @@ impl Proc {
     /// If the process cannot start.
     pub fn spawn(name: &str, exe: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
-            .env("ELF_LOG_FORMAT", "pretty");
+        cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
         }
+        Self::start(name, cmd)
+    }
+
+    /// Starts `cmd` (a command made elsewhere: on a test host, say) with piped output.
+    ///
+    /// # Panics
+    /// If the process cannot start.
+    pub fn start(name: &str, mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.env("ELF_LOG_FORMAT", "pretty");
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start {exe}: {e}"));
+            .unwrap_or_else(|e| panic!("{name}: cannot start {:?}: {e}", cmd.get_program()));
         let (tx, events) = channel();
         let out = child.stdout.take().expect("piped");
         std::thread::spawn(move || {

@@ -361,7 +361,12 @@ async fn heartbeats(mut client: Client, worker: WorkerId, period: Duration, ring
     loop {
         tokio::time::sleep(period).await;
         match client.heartbeat(&worker).await {
-            Ok(p) if !p.known => tracing::warn!("the coordinator no longer knows this worker"),
+            Ok(p) if !p.known => {
+                // Evicted (a link was down, say): whatever ring it trains on went on without
+                // it; the worker registers again as a standby.
+                tracing::warn!("the coordinator no longer knows this worker; it registers again");
+                ring.abort_if(|_| true);
+            }
             Ok(p) => ring.abort_if(|q| p.aborts(q)),
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }

@@ -240,6 +240,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Trains, saves and reports step `t`; returns whether it was applied.
     fn train_step(&mut self, t: &TrainStep) -> anyhow::Result<bool> {
+        elf_shared::failpoint::delay("step");
         let listener = &self.session.listener;
         let (outcome, timings) = self.runner.run(t, &mut self.replica, &self.data, listener);
         let applied = matches!(outcome, StepOutcome::Applied(_));

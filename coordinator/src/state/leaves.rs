@@ -60,6 +60,8 @@ impl Model {
     /// Takes a worker's leave.
     pub(super) fn leave(&mut self, now: Instant, l: Leave) -> Reply {
         let w = l.worker;
+        // A config error before this process committed a step fails the run (every worker
+        // would hit it); later it is this worker's alone.
         if !self.members.contains(&w) {
             // Already gone (evicted, or a repeated leave): nothing changes.
             return Reply::Accepted;
@@ -68,7 +70,9 @@ impl Model {
             self.phase == Phase::Running && self.quorum().is_some_and(|q| q.contains(&w));
         if let Some(error) = l.error {
             self.reasons.push(format!("worker {w} failed: {error}"));
-            if l.invalid_config && self.phase == Phase::Forming {
+            let started = self.committed_any;
+            if l.invalid_config && !started && matches!(self.phase, Phase::Forming | Phase::Running)
+            {
                 self.invalid = true;
                 self.phase = Phase::Failed(format!("worker {w}: {error}"));
             }

@@ -329,6 +329,8 @@ pub struct Model {
     invalid: bool,
     /// SIGTERM arrived (see [`terminate`]).
     terminated: bool,
+    /// This process committed a step.
+    committed_any: bool,
     /// Filled while one input is handled, drained into its [`Output`].
     reasons: Vec<String>,
     effects: Vec<Effect>,
@@ -353,6 +355,7 @@ impl Model {
             leaves: Leaves::default(),
             invalid: false,
             terminated: false,
+            committed_any: false,
             reasons: vec![],
             effects: vec![],
             settings,

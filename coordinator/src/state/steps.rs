@@ -124,7 +124,10 @@ impl Round {
 impl Model {
     /// Takes a step report.
     pub(super) fn report_step(&mut self, now: Instant, r: StepReport) -> Reply {
-        self.members.touch(now, &r.worker);
+        if !self.members.touch(now, &r.worker) {
+            // Evicted while its report was on the way: it registers again as a standby.
+            return Reply::Refused(Refusal::NotRegistered(r.worker));
+        }
         let q = match (&self.phase, self.quorum()) {
             (Phase::Running, Some(q)) => q.clone(),
             (Phase::Failed(why), _) => return Reply::Refused(Refusal::RunFailed(why.clone())),
@@ -201,6 +204,7 @@ impl Model {
             self.saves.committed(&commit);
         }
         self.effects.push(Effect::RecordCommit(commit));
+        self.committed_any = true;
         self.write_complete_saves();
         self.round = super::steps::Round::new(step.next());
         if self.round.step.0 >= self.settings.end() {
