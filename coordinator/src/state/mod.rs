@@ -331,6 +331,9 @@ pub struct Model {
     terminated: bool,
     /// This process committed a step.
     committed_any: bool,
+    /// Attempts of the current step redone because nobody could all-reduce it, and the last
+    /// collective error (see [`steps::MAX_REDOS`]).
+    redos: (u32, Option<String>),
     /// Filled while one input is handled, drained into its [`Output`].
     reasons: Vec<String>,
     effects: Vec<Effect>,
@@ -356,6 +359,7 @@ impl Model {
             invalid: false,
             terminated: false,
             committed_any: false,
+            redos: (0, None),
             reasons: vec![],
             effects: vec![],
             settings,

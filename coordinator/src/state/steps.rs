@@ -26,6 +26,11 @@ use super::membership::Quorum;
 use super::{Effect, Model, Phase, Reply};
 use crate::refusal::Refusal;
 
+/// How many times in a row a step may be redone because no rank could all-reduce it before
+/// the run fails: a ring that never forms (a firewall, an address peers cannot reach) must
+/// fail loudly, not re-form at the same step forever.
+pub const MAX_REDOS: u32 = 5;
+
 /// A committed step, for the driver to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Commit {
@@ -156,7 +161,8 @@ impl Model {
                     r.worker, r.step
                 ));
             }
-            StepOutcome::CollectiveFailed { .. } => {
+            StepOutcome::CollectiveFailed { error } => {
+                self.redos.1 = Some(format!("worker {}: {error}", r.worker));
                 self.round.broken.get_or_insert(now);
                 self.round.failed.insert(r.worker.clone());
                 self.resolve_broken(now);
@@ -205,6 +211,7 @@ impl Model {
         }
         self.effects.push(Effect::RecordCommit(commit));
         self.committed_any = true;
+        self.redos = (0, None);
         self.write_complete_saves();
         self.round = super::steps::Round::new(step.next());
         if self.round.step.0 >= self.settings.end() {
@@ -262,6 +269,14 @@ impl Model {
             // Nobody applied it: every survivor holds the state before it; redo it.
             for w in &live {
                 self.members.set_synced(w, true);
+            }
+            self.redos.0 += 1;
+            if self.redos.0 >= MAX_REDOS {
+                self.phase = Phase::Failed(format!(
+                    "step {step} could not be all-reduced {MAX_REDOS} times in a row (last: {}); check that the workers reach each other's collective addresses (--advertise)",
+                    self.redos.1.as_deref().unwrap_or("a peer was lost")
+                ));
+                return;
             }
             match self.reform() {
                 Some(q) => self

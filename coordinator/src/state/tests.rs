@@ -1366,3 +1366,30 @@ fn sigterm_before_the_first_quorum_stops_at_once() {
     let o = s.input(Input::Terminate);
     assert_eq!(finished(&o), Some(&Outcome::Terminated { steps: 0 }));
 }
+
+#[test]
+fn a_ring_that_never_forms_fails_the_run_instead_of_re_forming_forever() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    for attempt in 1..=steps::MAX_REDOS {
+        let ta = s.train("a", None);
+        let tb = s.train("b", None);
+        s.report(&ta, "a", collective_failed());
+        let o = s.report(&tb, "b", collective_failed());
+        s.at(6 * attempt as u64);
+        s.heartbeat("a");
+        s.heartbeat("b");
+        let t = s.tick();
+        if attempt < steps::MAX_REDOS {
+            assert!(matches!(s.phase(), Phase::Running), "{o:?} {t:?}");
+        }
+    }
+    let Phase::Failed(why) = s.phase() else {
+        panic!("{:?}", s.phase())
+    };
+    assert!(
+        why.contains("could not be all-reduced 5 times") && why.contains("--advertise"),
+        "{why}"
+    );
+}
