@@ -149,6 +149,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             .is_some()
             || c.downcast_ref::<elf_worker::session::Unreachable>()
                 .is_some()
+            || c.downcast_ref::<elf_protocol::security::SecurityError>()
+                .is_some()
             || c.downcast_ref::<elf_worker::client::ClientError>()
                 .is_some_and(elf_worker::client::ClientError::is_not_admitted)
     });

@@ -93,7 +93,13 @@ fn coordinator(
     let mut c = net.host(host).command(ELF.0);
     c.args(["coordinator", "--config", &ELF.tiny(), "--run", run])
         .args(["--cache-dir", cache])
-        .args(["--listen", "0.0.0.0:50051", "--http", "0.0.0.0:8080"])
+        .args([
+            "--listen",
+            "0.0.0.0:50051",
+            "--http",
+            "0.0.0.0:8080",
+            "--insecure",
+        ])
         .args(["--set", &format!("data_path={BUCKET_DATA}")])
         .args(extra)
         .envs(store.env());
@@ -105,7 +111,13 @@ fn worker(net: &Net, store: &Store, host: &str, id: &str, coordinator: &str) -> 
     let h = net.host(host);
     let mut c = h.command(ELF.0);
     c.args(["worker", "--coordinator", coordinator, "--worker-id", id])
-        .args(["--collective", "0.0.0.0:7000", "--http", "0.0.0.0:8081"])
+        .args([
+            "--collective",
+            "0.0.0.0:7000",
+            "--http",
+            "0.0.0.0:8081",
+            "--insecure",
+        ])
         .args(["--threads", "1", "--connect-timeout-s", "60"])
         .args(["--reconnect-timeout-s", "120"])
         .env("POD_IP", h.addr().to_string())
@@ -315,7 +327,7 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
         let h = net.host("w0");
         let mut cmd = h.command(ELF.0);
         cmd.args(["worker", "--coordinator", &url, "--worker-id", "w0"])
-            .args(["--collective", collective])
+            .args(["--collective", collective, "--insecure"])
             .envs(store.env());
         if pod_ip {
             cmd.env("POD_IP", h.addr().to_string());

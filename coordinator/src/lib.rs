@@ -76,6 +76,8 @@ pub struct Options {
     /// Resume from this checkpoint folder (default: the newest valid one under the checkpoint
     /// root, if any).
     pub resume: Option<String>,
+    /// How callers of the gRPC service are authenticated (TLS, token, roles).
+    pub security: elf_protocol::security::Security,
     /// End this process's run after this many steps (the config's run length is unchanged, so
     /// a later process resumes it).
     pub stop_after: Option<u64>,
@@ -240,7 +242,14 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
     let svc = service::Service {
         driver: handle.clone(),
         admission: p.admission,
+        security: opts.security.clone(),
     };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = opts.security.server_tls() {
+        builder = builder
+            .tls_config(tls)
+            .context("--tls-dir: the server certificate or key cannot be used")?;
+    }
     // The standard gRPC health service (`grpc.health.v1.Health`), for probes and load
     // balancers: SERVING while the run goes on.
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -248,7 +257,7 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
         .set_serving::<CoordinatorServer<service::Service>>()
         .await;
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(health_service)
             .add_service(CoordinatorServer::new(svc))
             .serve_with_incoming_shutdown(

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use elf_protocol::security::{self, CertRole, Security};
 use elf_protocol::wire;
 use elf_protocol::wire::coordinator_server::Coordinator;
 use elf_shared::ids::{Step, WorkerId};
@@ -24,6 +25,49 @@ pub struct Service {
     pub driver: Handle,
     /// What every admitted worker receives.
     pub admission: Admission,
+    /// How callers are authenticated.
+    pub security: Security,
+}
+
+/// Who may make a call: the roles a client certificate may carry for it (mutual TLS).
+const WORKERS: &[CertRole] = &[CertRole::Train, CertRole::Eval];
+const ANYONE: &[CertRole] = &[CertRole::Train, CertRole::Eval, CertRole::Admin];
+
+impl Service {
+    /// Checks the caller's credentials for a call named `call` that `roles` may make: the
+    /// join token in token mode, the client certificate's role in mutual-TLS mode.
+    fn authorize<T>(&self, req: &Request<T>, call: &str, roles: &[CertRole]) -> Result<(), Status> {
+        if let Some(token) = self.security.token() {
+            let header = req
+                .metadata()
+                .get(security::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if !security::token_matches(token, header) {
+                return Err(Status::unauthenticated(format!(
+                    "{call}: missing or wrong join token"
+                )));
+            }
+        }
+        if self.security.is_mtls() {
+            let role = req
+                .peer_certs()
+                .and_then(|certs| certs.first().and_then(|c| security::cert_role(c)));
+            match role {
+                None => {
+                    return Err(Status::permission_denied(format!(
+                        "{call}: the client certificate carries no role (subject OU train, eval or admin)"
+                    )));
+                }
+                Some(r) if !roles.contains(&r) => {
+                    return Err(Status::permission_denied(format!(
+                        "{call}: a client certificate of role {r:?} may not make this call"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 fn decode<W, D>(w: W) -> Result<D, Status>
@@ -58,6 +102,11 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::RegisterRequest>,
     ) -> Result<Response<wire::RegisterResponse>, Status> {
+        let wants = match wire::Role::try_from(req.get_ref().role) {
+            Ok(wire::Role::Eval) => &[CertRole::Eval][..],
+            _ => &[CertRole::Train][..],
+        };
+        self.authorize(&req, "Register", wants)?;
         let r: Registration = decode(req.into_inner())?;
         match self.call(Input::Register(r)).await {
             Ok(Reply::Admitted { load_checkpoint }) => {
@@ -81,6 +130,7 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::HeartbeatRequest>,
     ) -> Result<Response<wire::HeartbeatResponse>, Status> {
+        self.authorize(&req, "heartbeat", WORKERS)?;
         let w = WorkerId(req.into_inner().worker_id);
         match self.call(Input::Heartbeat(w)).await? {
             Reply::Pulse(p) => Ok(Response::new(p.into())),
@@ -92,6 +142,7 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::NextDirectiveRequest>,
     ) -> Result<Response<wire::Directive>, Status> {
+        self.authorize(&req, "next_directive", WORKERS)?;
         let r = req.into_inner();
         let (worker, after) = (WorkerId(r.worker_id), r.after_step.map(Step));
         let deadline = tokio::time::Instant::now() + LONG_POLL;
@@ -122,6 +173,7 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::StepReport>,
     ) -> Result<Response<wire::Ack>, Status> {
+        self.authorize(&req, "report_step", WORKERS)?;
         self.report(Input::ReportStep(decode(req.into_inner())?))
             .await
     }
@@ -131,6 +183,7 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::ShardReport>,
     ) -> Result<Response<wire::Ack>, Status> {
+        self.authorize(&req, "report_shard", WORKERS)?;
         self.report(Input::ReportShard(decode(req.into_inner())?))
             .await
     }
@@ -140,6 +193,7 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::EvalReport>,
     ) -> Result<Response<wire::Ack>, Status> {
+        self.authorize(&req, "report_eval", WORKERS)?;
         self.report(Input::ReportEval(decode(req.into_inner())?))
             .await
     }
@@ -149,19 +203,22 @@ impl Coordinator for Service {
         &self,
         req: Request<wire::TransferReport>,
     ) -> Result<Response<wire::Ack>, Status> {
+        self.authorize(&req, "report_transfer", WORKERS)?;
         self.report(Input::ReportTransfer(req.into_inner().into()))
             .await
     }
 
     #[tracing::instrument(skip_all, fields(worker_id = %req.get_ref().worker_id))]
     async fn leave(&self, req: Request<wire::LeaveRequest>) -> Result<Response<wire::Ack>, Status> {
+        self.authorize(&req, "leave", WORKERS)?;
         self.report(Input::Leave(req.into_inner().into())).await
     }
 
     async fn status(
         &self,
-        _req: Request<wire::StatusRequest>,
+        req: Request<wire::StatusRequest>,
     ) -> Result<Response<wire::RunStatus>, Status> {
+        self.authorize(&req, "status", ANYONE)?;
         Ok(Response::new(self.driver.status().await?.into()))
     }
 }

@@ -50,6 +50,7 @@ async fn start(dir: &Path, stop_after: Option<u64>) -> Running {
             http_listen: "127.0.0.1:0".into(),
             run: dir.display().to_string(),
             cache_dir: None,
+            security: Default::default(),
             events: false,
             resume: None,
             stop_after,

@@ -8,9 +8,11 @@
 //! - [`wire`]: the generated gRPC types (client, server, messages).
 //! - [`convert`]: wire <-> domain conversions, written once; [`convert::DecodeError`].
 //! - [`http`]: the read-only HTTP endpoint.
+//! - [`security`]: TLS, the join token and certificate roles of the gRPC channel.
 
 pub mod convert;
 pub mod http;
+pub mod security;
 pub mod wire;
 
 pub use convert::DecodeError;

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use elf_protocol::DecodeError;
+use elf_protocol::security::Security;
 use elf_protocol::wire::coordinator_client::CoordinatorClient;
 use elf_protocol::wire::{self, HeartbeatRequest, NextDirectiveRequest};
 use elf_shared::ids::{Step, WorkerId};
@@ -13,6 +14,7 @@ use elf_shared::messages::{
     Admission, Directive, EvalReport, Leave, Pulse, Registration, ShardReport, StepReport,
     TransferReport,
 };
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -79,6 +81,14 @@ pub enum ClientError {
         #[source]
         status: Status,
     },
+    /// The coordinator URL or the security setting cannot be used.
+    #[error("coordinator {url}: {message}")]
+    Config {
+        /// The coordinator's URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The coordinator's answer does not decode.
     #[error("coordinator {url}: {source}")]
     Decode {
@@ -96,9 +106,10 @@ impl ClientError {
         matches!(self, Self::Lost { .. } | Self::Forgotten { .. })
     }
 
-    /// True when the coordinator refused to admit this worker (exit code 3: not retriable).
+    /// True when the coordinator refused to admit this worker, or its URL or security
+    /// setting cannot be used (exit code 3: a restart fails the same way).
     pub fn is_not_admitted(&self) -> bool {
-        matches!(self, Self::NotAdmitted { .. })
+        matches!(self, Self::NotAdmitted { .. } | Self::Config { .. })
     }
 }
 
@@ -136,6 +147,18 @@ pub fn from_status(url: &str, status: Status) -> ClientError {
 pub struct Client {
     url: String,
     inner: CoordinatorClient<Channel>,
+    /// `Bearer <join token>`, sent with every call in token mode.
+    token: Option<MetadataValue<Ascii>>,
+}
+
+/// Wraps `m` in a request carrying the join token, if any.
+fn authed<T>(token: &Option<MetadataValue<Ascii>>, m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert(elf_protocol::security::AUTHORIZATION, t.clone());
+    }
+    r
 }
 
 impl Client {
@@ -143,15 +166,49 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Unreachable`] after `timeout`.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, ClientError> {
+    pub async fn connect(
+        url: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
+        let bad = |message: String| ClientError::Config {
+            url: url.to_string(),
+            message,
+        };
+        let mut endpoint = Channel::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+        let host = endpoint.uri().host().unwrap_or_default().to_string();
+        if let Some(tls) = security.client_tls(&host) {
+            if !url.starts_with("https://") {
+                return Err(bad(format!(
+                    "--security {} uses TLS: the coordinator URL must start with https://",
+                    security.name()
+                )));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        } else if security.token().is_some()
+            && !elf_protocol::security::is_loopback(&format!("{host}:0"))
+        {
+            return Err(bad(
+                "--security token beyond loopback needs TLS (--tls-dir with the run's ca.crt)"
+                    .into(),
+            ));
+        }
+        let token = match security.token() {
+            Some(t) => Some(
+                MetadataValue::try_from(format!("Bearer {t}"))
+                    .map_err(|_| bad("the join token is not printable ASCII".into()))?,
+            ),
+            None => None,
+        };
         let deadline = Instant::now() + timeout;
         let mut wait = Duration::from_millis(100);
         loop {
-            match CoordinatorClient::connect(url.to_string()).await {
-                Ok(inner) => {
+            match endpoint.connect().await {
+                Ok(channel) => {
                     return Ok(Self {
                         url: url.to_string(),
-                        inner,
+                        inner: CoordinatorClient::new(channel),
+                        token,
                     });
                 }
                 Err(e) if Instant::now() + wait < deadline => {
@@ -193,7 +250,7 @@ impl Client {
     pub async fn register(&mut self, r: Registration) -> Result<Admission, ClientError> {
         let resp = self
             .inner
-            .register(wire::RegisterRequest::from(r))
+            .register(authed(&self.token, wire::RegisterRequest::from(r)))
             .await
             .map_err(|s| match self.status(s) {
                 ClientError::Refused { url, status } => ClientError::NotAdmitted { url, status },
@@ -209,9 +266,12 @@ impl Client {
     pub async fn heartbeat(&mut self, w: &WorkerId) -> Result<Pulse, ClientError> {
         let resp = self
             .inner
-            .heartbeat(HeartbeatRequest {
-                worker_id: w.0.clone(),
-            })
+            .heartbeat(authed(
+                &self.token,
+                HeartbeatRequest {
+                    worker_id: w.0.clone(),
+                },
+            ))
             .await
             .map_err(|s| self.status(s))?;
         Ok(resp.into_inner().into())
@@ -228,10 +288,13 @@ impl Client {
     ) -> Result<Directive, ClientError> {
         let resp = self
             .inner
-            .next_directive(NextDirectiveRequest {
-                worker_id: w.0.clone(),
-                after_step: after.map(|s| s.0),
-            })
+            .next_directive(authed(
+                &self.token,
+                NextDirectiveRequest {
+                    worker_id: w.0.clone(),
+                    after_step: after.map(|s| s.0),
+                },
+            ))
             .await
             .map_err(|s| self.status(s))?;
         Directive::try_from(resp.into_inner()).map_err(|e| self.decode(e))
@@ -243,7 +306,7 @@ impl Client {
     /// As [`from_status`].
     pub async fn report_step(&mut self, r: StepReport) -> Result<(), ClientError> {
         self.inner
-            .report_step(wire::StepReport::from(r))
+            .report_step(authed(&self.token, wire::StepReport::from(r)))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())
@@ -255,7 +318,7 @@ impl Client {
     /// As [`from_status`].
     pub async fn report_shard(&mut self, r: ShardReport) -> Result<(), ClientError> {
         self.inner
-            .report_shard(wire::ShardReport::from(r))
+            .report_shard(authed(&self.token, wire::ShardReport::from(r)))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())
@@ -267,7 +330,7 @@ impl Client {
     /// As [`from_status`].
     pub async fn report_eval(&mut self, r: EvalReport) -> Result<(), ClientError> {
         self.inner
-            .report_eval(wire::EvalReport::from(r))
+            .report_eval(authed(&self.token, wire::EvalReport::from(r)))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())
@@ -279,7 +342,7 @@ impl Client {
     /// As [`from_status`].
     pub async fn report_transfer(&mut self, r: TransferReport) -> Result<(), ClientError> {
         self.inner
-            .report_transfer(wire::TransferReport::from(r))
+            .report_transfer(authed(&self.token, wire::TransferReport::from(r)))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())
@@ -291,7 +354,7 @@ impl Client {
     /// As [`from_status`].
     pub async fn leave(&mut self, l: Leave) -> Result<(), ClientError> {
         self.inner
-            .leave(wire::LeaveRequest::from(l))
+            .leave(authed(&self.token, wire::LeaveRequest::from(l)))
             .await
             .map_err(|s| self.status(s))?;
         Ok(())

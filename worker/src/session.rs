@@ -41,6 +41,8 @@ pub struct WorkerOptions {
     pub advertise: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     pub http_listen: String,
+    /// How the gRPC channel to the coordinator is authenticated.
+    pub security: elf_protocol::security::Security,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_timeout: Duration,
     /// Train, or eval for a dedicated eval worker (runs the coordinator's eval jobs only).
@@ -133,7 +135,11 @@ impl Session {
             opts.advertise.as_deref(),
             pod_ip.as_deref(),
         );
-        let mut client = rt.block_on(Client::connect(&opts.coordinator, connect_timeout))?;
+        let mut client = rt.block_on(Client::connect(
+            &opts.coordinator,
+            connect_timeout,
+            &opts.security,
+        ))?;
         let admission = rt.block_on(client.register(Registration {
             worker: opts.worker_id.clone(),
             device: opts.device.clone(),
@@ -323,6 +329,11 @@ impl Probes {
             terminating,
             _rt: rt,
         })
+    }
+
+    /// Returns true while registered with a coordinator.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Returns true once SIGTERM arrived.

@@ -47,6 +47,10 @@ pub struct Trainer<B: AutodiffBackend> {
 pub fn run<B: AutodiffBackend>(opts: WorkerOptions, device: B::Device) -> anyhow::Result<()> {
     let probes = Probes::start(&opts.http_listen)?;
     let mut timeout = opts.connect_timeout;
+    // Since when no session registered: a coordinator that answers connections but never
+    // admits this worker (a TLS handshake it fails, say) is given up on like an unreachable one.
+    let mut unregistered_since = std::time::Instant::now();
+    let mut window = opts.connect_timeout;
     loop {
         match session::<B>(&opts, device.clone(), timeout, &probes) {
             Err(e)
@@ -61,6 +65,15 @@ pub fn run<B: AutodiffBackend>(opts: WorkerOptions, device: B::Device) -> anyhow
                 if e.downcast_ref::<ClientError>()
                     .is_some_and(ClientError::is_retriable) =>
             {
+                if probes.is_ready() {
+                    unregistered_since = std::time::Instant::now();
+                    window = opts.reconnect_timeout;
+                } else if unregistered_since.elapsed() > window {
+                    return Err(e.context(format!(
+                        "not admitted by the coordinator within {} s",
+                        window.as_secs()
+                    )));
+                }
                 probes.set_ready(false);
                 tracing::warn!(error = %e, "lost the coordinator; reconnecting");
                 timeout = opts.reconnect_timeout;

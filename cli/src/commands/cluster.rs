@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use elf_coordinator::{Options, Outcome};
+use elf_protocol::security::{Security, SecurityFlags};
 use elf_shared::config::ResolvedConfig;
 use elf_shared::messages::Role;
 use elf_worker::session::WorkerOptions;
@@ -26,6 +27,37 @@ pub struct RunControl {
     /// Stop after this many steps of the run (a later process resumes it).
     #[arg(long)]
     pub stop_after: Option<u64>,
+}
+
+/// How the gRPC channel between coordinator and workers is authenticated (see
+/// `elf_protocol::security`). Without these, only loopback listeners are allowed.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// `mtls` (client certificates; the role is the subject's OU: train, eval, admin),
+    /// `token` (a join token from --token-file; TLS beyond loopback) or `insecure`.
+    #[arg(long, env = "ELF_SECURITY", value_parser = ["mtls", "token", "insecure"])]
+    pub security: Option<String>,
+    /// Accept listening beyond loopback without authentication (same as `--security
+    /// insecure`).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Folder with `ca.crt` and, where this process presents one, `tls.crt` and `tls.key`.
+    #[arg(long, env = "ELF_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// File holding the join token (`--security token`).
+    #[arg(long, env = "ELF_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    fn flags(&self) -> SecurityFlags {
+        SecurityFlags {
+            mode: self.security.clone(),
+            insecure: self.insecure,
+            tls_dir: self.tls_dir.clone(),
+            token_file: self.token_file.clone(),
+        }
+    }
 }
 
 /// Arguments of `elf coordinator`.
@@ -55,6 +87,8 @@ pub struct CoordinatorArgs {
     pub workers: Option<usize>,
     #[command(flatten)]
     pub run: RunControl,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Loads a run's config with its overrides; `--workers N` is the override
@@ -122,6 +156,8 @@ pub struct WorkerArgs {
     /// resumes from its checkpoints; the worker registers again and continues).
     #[arg(long, default_value_t = 120)]
     pub reconnect_timeout_s: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// The id of a worker started without `--worker-id`: `POD_NAME`, else the host name with the
@@ -159,9 +195,11 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Runs `elf coordinator` until the run ends.
 pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let security = Security::for_listeners(&a.security.flags(), &[("--listen", &a.listen)])?;
     let rc = load_run_config(&a.config, &a.run.set, a.workers)?;
     let rt = runtime()?;
     let opts = Options {
+        security,
         listen: a.listen,
         http_listen: a.http,
         run: a.run_url,
@@ -209,7 +247,19 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => default_worker_id(&a.collective)?,
     };
+    let security = match Security::from_flags(&a.security.flags())? {
+        Some(s) => s,
+        None if elf_protocol::security::is_loopback(&a.collective) => Security::Insecure,
+        None => {
+            return Err(elf_protocol::security::SecurityError::Unauthenticated {
+                flag: "--collective",
+                addr: a.collective.clone(),
+            }
+            .into());
+        }
+    };
     let opts = WorkerOptions {
+        security,
         coordinator: a.coordinator,
         worker_id: id.into(),
         device: a.device.clone(),

@@ -50,6 +50,7 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         http_listen: "127.0.0.1:0".into(),
         run: a.run_dir.display().to_string(),
         cache_dir: None,
+        security: Default::default(),
         events: false,
         resume: a.run.resume.clone(),
         stop_after: a.run.stop_after,
