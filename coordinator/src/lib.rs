@@ -168,6 +168,12 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         save_hold: SAVE_HOLD,
         farewell_hold: FAREWELL_HOLD,
         spans_hosts: spans_hosts(&opts.listen),
+        secret: {
+            let mut b = [0u8; 32];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)
+                .context("cannot read /dev/urandom")?;
+            hex::encode(b)
+        },
         run: facts,
     };
     Ok(Prepared {

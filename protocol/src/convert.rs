@@ -206,18 +206,21 @@ impl From<Directive> for wire::Directive {
                 lr: t.lr,
                 total_steps: t.total_steps,
                 save_to: t.save_to,
+                ring_key: t.ring_key,
             }),
             Directive::Eval(j) => Kind::Eval(wire::Eval {
                 step: j.step.0,
                 checkpoint_dir: j.dir,
             }),
-            Directive::SendState { step, to } => Kind::SendState(wire::SendState {
+            Directive::SendState { step, to, key } => Kind::SendState(wire::SendState {
                 step: step.0,
                 joiner_addr: to,
+                key,
             }),
-            Directive::ReceiveState { step, from } => Kind::ReceiveState(wire::ReceiveState {
+            Directive::ReceiveState { step, from, key } => Kind::ReceiveState(wire::ReceiveState {
                 step: step.0,
                 donor_addr: from,
+                key,
             }),
             Directive::Done {
                 steps,
@@ -265,6 +268,7 @@ impl TryFrom<wire::Directive> for Directive {
                     lr: t.lr,
                     total_steps: t.total_steps,
                     save_to: t.save_to,
+                    ring_key: t.ring_key,
                 })
             }
             Kind::Eval(e) => Directive::Eval(EvalJob {
@@ -274,10 +278,12 @@ impl TryFrom<wire::Directive> for Directive {
             Kind::SendState(s) => Directive::SendState {
                 step: Step(s.step),
                 to: s.joiner_addr,
+                key: s.key,
             },
             Kind::ReceiveState(r) => Directive::ReceiveState {
                 step: Step(r.step),
                 from: r.donor_addr,
+                key: r.key,
             },
             Kind::Done(d) => Directive::Done {
                 steps: d.steps,
@@ -600,6 +606,7 @@ mod tests {
                 lr: 0.01,
                 total_steps: 20,
                 save_to: Some("ckpt/step-000000003".into()),
+                ring_key: "00ff".into(),
             }),
             Directive::Eval(EvalJob {
                 step: Step(9),
@@ -608,10 +615,12 @@ mod tests {
             Directive::SendState {
                 step: Step(4),
                 to: "c:3".into(),
+                key: "ab".into(),
             },
             Directive::ReceiveState {
                 step: Step(4),
                 from: "a:1".into(),
+                key: "ab".into(),
             },
             Directive::Done {
                 steps: 20,

@@ -110,6 +110,8 @@ pub struct TrainStep {
     pub total_steps: u64,
     /// Save a checkpoint shard of the state after this step into this folder.
     pub save_to: Option<String>,
+    /// The quorum's ring key (hex), proved to the next rank in the ring handshake.
+    pub ring_key: String,
 }
 
 /// An eval job: a committed checkpoint to evaluate.
@@ -139,6 +141,8 @@ pub enum Directive {
         step: Step,
         /// The joiner's collective address.
         to: String,
+        /// The copy's key (hex), proved to the joiner before any state byte.
+        key: String,
     },
     /// Receive the training state (after step `step - 1`) from a member on the collective
     /// listener, load it, report; the next directive trains `step`.
@@ -147,6 +151,8 @@ pub enum Directive {
         step: Step,
         /// The donor's collective address.
         from: String,
+        /// The copy's key (hex): a sender that cannot prove it is dropped unread.
+        key: String,
     },
     /// The run is complete.
     Done {

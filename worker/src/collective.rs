@@ -186,7 +186,9 @@ fn peer(rank: usize, addr: &str) -> String {
 
 impl Ring {
     /// Connects rank `rank` of `peers` (collective addresses in rank order) for quorum `quorum`:
-    /// dials the next rank and accepts the previous one on `listener`.
+    /// dials the next rank and accepts the previous one on `listener`. Each dialer proves the
+    /// quorum's `key` ([`crate::peer_auth`]); an inbound connection that cannot is dropped
+    /// before any tensor byte is read.
     ///
     /// # Errors
     /// A peer that cannot be reached or does not dial in before `timeout`.
@@ -195,6 +197,7 @@ impl Ring {
         peers: &[String],
         rank: usize,
         quorum: u64,
+        key: &[u8],
         timeout: Duration,
         bucket_bytes: usize,
     ) -> Result<Self, CollectiveError> {
@@ -225,6 +228,7 @@ impl Ring {
         hello.extend_from_slice(&quorum.to_le_bytes());
         hello.extend_from_slice(&(rank as u32).to_le_bytes());
         out.write_all(&hello)
+            .and_then(|()| crate::peer_auth::prove(&mut out, key, &hello))
             .map_err(|source| CollectiveError::Handshake {
                 peer: next_name.clone(),
                 source,
@@ -245,7 +249,13 @@ impl Ring {
                         && u64::from_le_bytes(h[4..12].try_into().expect("8")) == quorum
                         && u32::from_le_bytes(h[12..16].try_into().expect("4")) as usize == prev
                     {
-                        break s;
+                        if crate::peer_auth::verify(&mut s, key, &h) {
+                            break s;
+                        }
+                        tracing::warn!(
+                            quorum,
+                            "dropped a ring connection claiming to be {prev_name} that could not prove the quorum's key"
+                        );
                     }
                 }
                 Err(e)
@@ -482,12 +492,66 @@ mod tests {
                 .map(|(r, l)| {
                     let peers = peers.clone();
                     s.spawn(move || {
-                        Ring::connect(l, &peers, r, 7, Duration::from_secs(5), bucket).unwrap()
+                        Ring::connect(l, &peers, r, 7, b"k", Duration::from_secs(5), bucket)
+                            .unwrap()
                     })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         })
+    }
+
+    /// A dialer that claims to be rank 1 of quorum 7 (all of it visible in `/status`) but
+    /// cannot prove the quorum's key, or proves an old quorum's, is dropped before a tensor
+    /// byte is read; the real rank 1 is then accepted and the sum is the true one.
+    #[test]
+    fn a_forged_or_stale_ring_dialer_is_dropped_before_any_tensor_byte() {
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let peers: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        for (quorum, key) in [(7u64, &b"wrong"[..]), (6, b"k")] {
+            let mut forged = std::net::TcpStream::connect(&peers[0]).unwrap();
+            let mut hello = MAGIC.to_vec();
+            hello.extend_from_slice(&quorum.to_le_bytes());
+            hello.extend_from_slice(&1u32.to_le_bytes());
+            forged.write_all(&hello).unwrap();
+            crate::peer_auth::prove(&mut forged, key, &hello).unwrap();
+            // Attacker bytes where the gradients would be.
+            let _ = forged.write_all(&vec![0x7f; 4096]);
+            std::mem::forget(forged);
+        }
+        let mut rings: Vec<Ring> = std::thread::scope(|s| {
+            let hs: Vec<_> = listeners
+                .iter()
+                .enumerate()
+                .map(|(r, l)| {
+                    let peers = peers.clone();
+                    s.spawn(move || {
+                        Ring::connect(l, &peers, r, 7, b"k", Duration::from_secs(5), 64).unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let sums: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = rings
+                .iter_mut()
+                .enumerate()
+                .map(|(r, ring)| {
+                    s.spawn(move || {
+                        let mut v = vec![r as f32 + 1.0; 100];
+                        ring.all_reduce_sum(&mut v).unwrap();
+                        v
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(sums.iter().all(|v| v.iter().all(|x| *x == 3.0)), "{sums:?}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod evaluator;
 pub mod generate;
 pub mod metrics;
 pub mod outputs;
+pub mod peer_auth;
 pub mod replica;
 pub mod saver;
 pub mod session;

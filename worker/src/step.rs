@@ -143,11 +143,18 @@ impl StepRunner {
         let coll: Box<dyn Collective> = if t.world_size == 1 {
             Box::new(Single)
         } else {
+            let key = crate::peer_auth::key(&t.ring_key).map_err(|e| {
+                crate::collective::CollectiveError::Handshake {
+                    peer: "the coordinator's ring key".into(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }
+            })?;
             let r = Ring::connect(
                 listener,
                 &t.peers,
                 t.rank as usize,
                 t.quorum.0,
+                &key,
                 self.timeout,
                 self.bucket_bytes,
             )?;

@@ -218,15 +218,21 @@ impl<B: AutodiffBackend> Trainer<B> {
                     &self.run,
                     &self.device,
                 ),
-                Directive::SendState { step, to } => {
+                Directive::SendState { step, to, key } => {
                     let (tensors, data) = self.replica.snapshot();
                     let count = self.replica.optimizer.count;
                     let timeout = self.runner.timeout();
-                    let sent = crate::transfer::send(&to, step.0, &tensors, &data, count, timeout);
+                    let sent = crate::peer_auth::key(&key)
+                        .map_err(|e| {
+                            crate::transfer::TransferError::Setup(std::io::Error::other(e))
+                        })
+                        .and_then(|k| {
+                            crate::transfer::send(&to, step.0, &k, &tensors, &data, count, timeout)
+                        });
                     self.report_transfer(step, true, sent.err().map(|e| e.to_string()))?;
                 }
-                Directive::ReceiveState { step, from } => {
-                    if self.receive_state(step, &from)? {
+                Directive::ReceiveState { step, from, key } => {
+                    if self.receive_state(step, &from, &key)? {
                         after = step.previous();
                     }
                 }
@@ -287,9 +293,12 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Loads the state a donor sends for `step`; returns whether it was loaded.
-    fn receive_state(&mut self, step: Step, from: &str) -> anyhow::Result<bool> {
+    fn receive_state(&mut self, step: Step, from: &str, key: &str) -> anyhow::Result<bool> {
         let timeout = self.runner.timeout();
-        let error = match crate::transfer::receive(&self.session.listener, step.0, timeout) {
+        let received = crate::peer_auth::key(key)
+            .map_err(|e| crate::transfer::TransferError::Setup(std::io::Error::other(e)))
+            .and_then(|k| crate::transfer::receive(&self.session.listener, step.0, &k, timeout));
+        let error = match received {
             Ok(st) => self
                 .replica
                 .restore(&st.tensors, &st.data, st.optimizer_count)

@@ -83,6 +83,7 @@ pub struct State {
 pub fn send(
     addr: &str,
     step: u64,
+    key: &[u8],
     tensors: &[TensorEntry],
     data: &[f32],
     optimizer_count: u64,
@@ -108,9 +109,12 @@ pub fn send(
     };
     s.set_write_timeout(Some(timeout)).map_err(io)?;
     let index = serde_json::to_vec(tensors).expect("index serialises");
-    let mut head = Vec::with_capacity(36 + index.len());
-    head.extend_from_slice(MAGIC);
-    head.extend_from_slice(&step.to_le_bytes());
+    let mut hello = Vec::with_capacity(12);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&step.to_le_bytes());
+    s.write_all(&hello).map_err(io)?;
+    crate::peer_auth::prove(&mut s, key, &hello).map_err(io)?;
+    let mut head = Vec::with_capacity(24 + index.len());
     head.extend_from_slice(&optimizer_count.to_le_bytes());
     head.extend_from_slice(&(index.len() as u64).to_le_bytes());
     head.extend_from_slice(&index);
@@ -130,6 +134,7 @@ pub fn send(
 pub fn receive(
     listener: &TcpListener,
     step: u64,
+    key: &[u8],
     timeout: Duration,
 ) -> Result<State, TransferError> {
     let deadline = Instant::now() + timeout;
@@ -164,6 +169,13 @@ pub fn receive(
                         got,
                         want: step,
                     });
+                }
+                let mut hello = Vec::with_capacity(12);
+                hello.extend_from_slice(MAGIC);
+                hello.extend_from_slice(&got.to_le_bytes());
+                if !crate::peer_auth::verify(&mut s, key, &hello) {
+                    tracing::warn!(%addr, "dropped a state copy that could not prove the copy's key");
+                    continue;
                 }
                 let optimizer_count = u(&mut s)?;
                 let mut index = vec![0u8; u(&mut s)? as usize];
@@ -212,19 +224,37 @@ mod tests {
         let data: Vec<f32> = (0..6).map(|i| i as f32 * 0.5).collect();
         let (t2, d2) = (tensors.clone(), data.clone());
         let a = addr.clone();
-        let h = std::thread::spawn(move || send(&a, 7, &t2, &d2, 3, Duration::from_secs(5)));
-        let st = receive(&l, 7, Duration::from_secs(5)).unwrap();
+        let h = std::thread::spawn(move || send(&a, 7, b"k", &t2, &d2, 3, Duration::from_secs(5)));
+        let st = receive(&l, 7, b"k", Duration::from_secs(5)).unwrap();
         h.join().unwrap().unwrap();
         assert_eq!(
             (st.tensors, st.data, st.optimizer_count),
             (tensors.clone(), data.clone(), 3)
         );
-        let h =
-            std::thread::spawn(move || send(&addr, 8, &tensors, &data, 3, Duration::from_secs(5)));
-        let e = receive(&l, 7, Duration::from_secs(5))
+        let (t3, d3, a3) = (tensors.clone(), data.clone(), addr.clone());
+        let h = std::thread::spawn(move || send(&a3, 8, b"k", &t3, &d3, 3, Duration::from_secs(5)));
+        let e = receive(&l, 7, b"k", Duration::from_secs(5))
             .unwrap_err()
             .to_string();
         assert!(e.contains("step 8, expected 7"), "{e}");
+        let _ = h.join();
+        // A sender without the copy's key is dropped unread: the joiner waits on for the
+        // donor (here: until its timeout).
+        let h = std::thread::spawn(move || {
+            send(
+                &addr,
+                7,
+                b"forged",
+                &tensors,
+                &data,
+                3,
+                Duration::from_secs(5),
+            )
+        });
+        let e = receive(&l, 7, b"k", Duration::from_millis(1500))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no donor") || e.contains("within"), "{e}");
         let _ = h.join();
     }
 }

@@ -160,6 +160,7 @@ pub fn ring_peer(a: RingPeerArgs) -> anyhow::Result<()> {
         &peers,
         a.rank,
         1,
+        b"bench",
         std::time::Duration::from_secs(60),
         4 << 20,
     )?;

@@ -67,11 +67,17 @@ impl Model {
             Directive::ReceiveState {
                 step: t.step,
                 from: self.members.addr(&t.donor),
+                key: self
+                    .settings
+                    .key(&format!("transfer {} {}", t.step, t.joiner)),
             }
         } else if w == &t.donor && !t.sent {
             Directive::SendState {
                 step: t.step,
                 to: self.members.addr(&t.joiner),
+                key: self
+                    .settings
+                    .key(&format!("transfer {} {}", t.step, t.joiner)),
             }
         } else {
             Directive::wait(format!("worker {} is joining at step {}", t.joiner, t.step))

@@ -77,6 +77,9 @@ pub struct Settings {
     /// The coordinator listens beyond loopback: workers are on other hosts, so a loopback or
     /// unspecified collective address is refused.
     pub spans_hosts: bool,
+    /// This coordinator's secret (random per process), from which the keys of rings and state
+    /// copies derive.
+    pub secret: String,
 }
 
 impl Settings {
@@ -89,6 +92,13 @@ impl Settings {
     /// Returns true when the state after `step` is checkpointed.
     pub fn saves_after(&self, step: Step) -> bool {
         step.ends_interval(self.save_interval) || (self.save_final && step.count() == self.end())
+    }
+
+    /// Returns the key (hex) of `what` (`ring <quorum>`, `transfer <step> <joiner>`): a hash of
+    /// the secret and the name, so each ring and copy has its own and the model stays pure.
+    pub fn key(&self, what: &str) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(format!("{}\n{what}", self.secret)))
     }
 
     /// Returns the checkpoint folder of `step`.
@@ -636,6 +646,7 @@ impl Model {
                 .settings
                 .saves_after(step)
                 .then(|| self.settings.checkpoint_dir(step)),
+            ring_key: self.settings.key(&format!("ring {}", q.id)),
         })
     }
 

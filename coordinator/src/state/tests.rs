@@ -44,6 +44,7 @@ fn settings_for(expected: usize, total: u64, batch: usize, shard: usize) -> Sett
         save_hold: Duration::from_secs(60),
         farewell_hold: Duration::from_secs(10),
         spans_hosts: false,
+        secret: "test".into(),
     }
 }
 
@@ -694,12 +695,18 @@ fn a_step_applied_by_some_survivors_commits_and_the_others_rejoin_by_a_copy() {
     assert_eq!(s.phase(), &Phase::Running);
     assert_eq!(s.m.step(), Step(2));
     // b receives a's state at the boundary of step 2, then both train it.
-    assert_eq!(
-        s.directive("a", Some(1)),
-        Directive::SendState {
-            step: Step(2),
-            to: "127.0.0.1:1".into()
-        }
+    let Directive::SendState { step, to, key } = s.directive("a", Some(1)) else {
+        panic!("a sends no state")
+    };
+    assert_eq!((step, to.as_str()), (Step(2), "127.0.0.1:1"));
+    let Directive::ReceiveState { key: theirs, .. } = s.directive("b", Some(0)) else {
+        panic!("b receives no state")
+    };
+    assert_eq!(key, theirs, "both sides of a copy hold its key");
+    assert_ne!(
+        key,
+        s.m.settings().key("ring 1"),
+        "a copy's key is not a ring's"
     );
     assert!(matches!(
         s.directive("b", Some(0)),
