@@ -343,3 +343,21 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
     }
     c.kill();
 }
+
+/// `elf bench allreduce --hosts`: the ring across capped links runs and prints its ratio
+/// against the link rate measured in the same run (the figure itself is in BENCHMARKS.md).
+#[test]
+fn the_allreduce_bench_runs_across_hosts_with_capped_links() {
+    let _serial = serial();
+    if std::env::var("ELF_SKIP_NETNS").is_ok_and(|v| v == "1") && Net::unavailable().is_some() {
+        return;
+    }
+    let o = std::process::Command::new(ELF.0)
+        .args(["bench", "allreduce", "--hosts", "2", "--link-gbit", "1"])
+        .args(["--mib", "8", "--reps", "1"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("ratio ring/link = "), "{out}");
+}

@@ -1,5 +1,7 @@
 //! `elf bench allreduce`: ring all-reduce bus bandwidth over loopback between worker processes,
-//! against the raw loopback TCP throughput between two of the same processes, in the same run.
+//! against the raw loopback TCP throughput between two of the same processes, in the same run;
+//! with `--hosts N --link-gbit G`, each process on a host of its own (network namespaces whose
+//! links tc caps at G), against the raw TCP rate through one capped link, in the same run.
 
 use std::process::Command;
 use std::time::Instant;
@@ -11,16 +13,92 @@ use super::RingPeerArgs;
 use crate::out;
 
 pub fn bench_allreduce(workers: usize, mib: usize, reps: usize) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Write};
-    anyhow::ensure!(workers >= 2, "--workers must be at least 2");
     let exe = std::env::current_exe()?;
+    let (ring_s, raw_s, duplex_s) =
+        run_peers(workers, mib, reps, &|_| Command::new(&exe), &|_| {
+            "127.0.0.1".into()
+        })?;
+    let bytes = (mib << 20) as f64;
+    let w = workers as f64;
+    let busbw = bytes * 2.0 * (w - 1.0) / w / (ring_s / reps as f64);
+    let raw = bytes / raw_s;
+    let duplex = bytes / duplex_s;
+    out::line(format!(
+        "bench allreduce workers={workers} size={mib} MiB: ring bus bandwidth {:.2} GB/s; raw loopback TCP between two of the processes {:.2} GB/s one way, {:.2} GB/s per direction full duplex; ratio ring/raw = {:.2} (target >= 0.7), ring/duplex = {:.2}",
+        busbw / 1e9,
+        raw / 1e9,
+        duplex / 1e9,
+        busbw / raw,
+        busbw / duplex
+    ));
+    Ok(())
+}
+
+/// `--hosts N --link-gbit G`: each rank on a host of its own (a network namespace), every link
+/// capped at G by tc; the anchor is the raw TCP rate through one capped link, measured in the
+/// same run.
+pub fn bench_allreduce_hosts(
+    hosts: usize,
+    link_gbit: f64,
+    mib: usize,
+    reps: usize,
+) -> anyhow::Result<()> {
+    let names: Vec<String> = (0..hosts).map(|i| format!("r{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Some(why) = elf_e2e::Net::unavailable() {
+        anyhow::bail!("--hosts needs network namespaces: {why}");
+    }
+    let net = elf_e2e::Net::new(&refs).context("cannot create the hosts")?;
+    for n in &names {
+        net.limit_rate(n, link_gbit)
+            .with_context(|| format!("cannot cap host {n}'s link"))?;
+    }
+    let exe = std::env::current_exe()?;
+    let (ring_s, raw_s, duplex_s) = run_peers(
+        hosts,
+        mib,
+        reps,
+        &|r| net.host(&names[r]).command(&exe),
+        &|r| net.host(&names[r]).addr().to_string(),
+    )?;
+    let bytes = (mib << 20) as f64;
+    let w = hosts as f64;
+    let busbw = bytes * 2.0 * (w - 1.0) / w / (ring_s / reps as f64);
+    let raw = bytes / raw_s;
+    let duplex = bytes / duplex_s;
+    let link = link_gbit * 1e9 / 8.0;
+    out::line(format!(
+        "bench allreduce hosts={hosts} link={link_gbit} Gbit/s size={mib} MiB: ring bus bandwidth {:.1} MB/s; raw TCP through one capped link {:.1} MB/s one way, {:.1} MB/s per direction full duplex (nominal {:.1} MB/s); ratio ring/link = {:.2} (target >= 0.8), ring/duplex = {:.2}",
+        busbw / 1e6,
+        raw / 1e6,
+        duplex / 1e6,
+        link / 1e6,
+        busbw / raw,
+        busbw / duplex
+    ));
+    Ok(())
+}
+
+/// Starts `n` ring peers (`command(r)` makes rank r's process, bound at `bind(r)`), runs the
+/// raw, duplex and ring measurements, and returns the slowest rank's seconds of each.
+fn run_peers(
+    n: usize,
+    mib: usize,
+    reps: usize,
+    command: &dyn Fn(usize) -> Command,
+    bind: &dyn Fn(usize) -> String,
+) -> anyhow::Result<(f64, f64, f64)> {
+    use std::io::{BufRead, BufReader, Write};
+    anyhow::ensure!(n >= 2, "a ring needs at least 2 processes");
     let mut procs = vec![];
     let mut addrs = vec![];
-    for r in 0..workers {
-        let mut child = Command::new(&exe)
+    for r in 0..n {
+        let mut child = command(r)
             .args([
                 "bench",
                 "ring-peer",
+                "--bind",
+                &bind(r),
                 "--rank",
                 &r.to_string(),
                 "--mib",
@@ -59,27 +137,14 @@ pub fn bench_allreduce(workers: usize, mib: usize, reps: usize) -> anyhow::Resul
         duplex_s = duplex_s.max(v["duplex_seconds"].as_f64().unwrap_or(0.0));
         c.wait()?;
     }
-    let bytes = (mib << 20) as f64;
-    let w = workers as f64;
-    let busbw = bytes * 2.0 * (w - 1.0) / w / (ring_s / reps as f64);
-    let raw = bytes / raw_s;
-    let duplex = bytes / duplex_s;
-    out::line(format!(
-        "bench allreduce workers={workers} size={mib} MiB: ring bus bandwidth {:.2} GB/s; raw loopback TCP between two of the processes {:.2} GB/s one way, {:.2} GB/s per direction full duplex; ratio ring/raw = {:.2} (target >= 0.7), ring/duplex = {:.2}",
-        busbw / 1e9,
-        raw / 1e9,
-        duplex / 1e9,
-        busbw / raw,
-        busbw / duplex
-    ));
-    Ok(())
+    Ok((ring_s, raw_s, duplex_s))
 }
 
 pub fn ring_peer(a: RingPeerArgs) -> anyhow::Result<()> {
     use elf_worker::collective::{Collective, Ring};
     use std::io::{BufRead, Read, Write};
-    let ring_l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let raw_l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let ring_l = std::net::TcpListener::bind((a.bind.as_str(), 0))?;
+    let raw_l = std::net::TcpListener::bind((a.bind.as_str(), 0))?;
     out::line(
         serde_json::json!({"ring": ring_l.local_addr()?.to_string(), "raw": raw_l.local_addr()?.to_string()}),
     );

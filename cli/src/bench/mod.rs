@@ -59,6 +59,14 @@ pub enum BenchCmd {
         /// Timed all-reduces.
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Run each process on a host of its own: a network namespace per rank, joined by a
+        /// bridge, with links capped at `--link-gbit` (tc tbf; needs root and iproute2). The
+        /// anchor is then the capped link's raw TCP rate, measured in the same run.
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// The link rate of `--hosts`, in Gbit/s.
+        #[arg(long, default_value_t = 1.0)]
+        link_gbit: f64,
     },
     /// Checkpoint cost for an ELF-B-sized state on the local disk: time the step loop is
     /// blocked per save (the host snapshot), upload throughput, and raw sequential write
@@ -137,6 +145,9 @@ pub struct RingPeerArgs {
     /// Timed repetitions.
     #[arg(long)]
     reps: usize,
+    /// The address its listeners bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
 }
 
 /// Runs a benchmark.
@@ -169,9 +180,20 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        BenchCmd::Allreduce { workers, mib, reps } => {
-            allreduce::bench_allreduce(workers, mib, reps)
-        }
+        BenchCmd::Allreduce {
+            workers,
+            mib,
+            reps,
+            hosts: None,
+            ..
+        } => allreduce::bench_allreduce(workers, mib, reps),
+        BenchCmd::Allreduce {
+            mib,
+            reps,
+            hosts: Some(hosts),
+            link_gbit,
+            ..
+        } => allreduce::bench_allreduce_hosts(hosts, link_gbit, mib, reps),
         BenchCmd::RingPeer(a) => allreduce::ring_peer(a),
         BenchCmd::Checkpoint { dir, no_step } => checkpoint::bench_checkpoint(dir, no_step),
         BenchCmd::Eval {
