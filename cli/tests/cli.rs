@@ -62,6 +62,13 @@ fn every_shipped_config_validates_and_round_trips() {
     assert!(n >= 7, "{n} configs");
 }
 
+/// The config `deploy/` ships in its ConfigMap loads and validates, with its data on the store.
+#[test]
+fn the_deployed_config_is_valid() {
+    let out = ok(&elf(&["config", "check", "deploy/k8s/common/config.yaml"]));
+    assert!(out.contains("data_path: s3://"), "{out}");
+}
+
 #[test]
 fn paper_configs_carry_the_spec_values() {
     let out = ok(&elf(&["config", "check", "configs/train_owt_ELF-B.yml"]));

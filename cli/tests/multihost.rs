@@ -81,7 +81,64 @@ impl Store {
     }
 }
 
-/// `elf coordinator` on `host`, with the run on S3 and its cache in `cache`.
+/// The run's credentials as `deploy/` mounts them (Secrets): a CA, the coordinator's server
+/// certificate for its address, and a join token; outside every host's private directory.
+struct Creds {
+    _dir: tempfile::TempDir,
+    server: String,
+    client: String,
+    token: String,
+}
+
+impl Creds {
+    fn new(coordinator_ip: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![coordinator_ip.to_string()])
+            .unwrap()
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap();
+        let (server, client) = (dir.path().join("server"), dir.path().join("client"));
+        for d in [&server, &client] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("ca.crt"), &ca_pem).unwrap();
+        }
+        std::fs::write(server.join("tls.crt"), cert.pem()).unwrap();
+        std::fs::write(server.join("tls.key"), key.serialize_pem()).unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "a join token made by the test\n").unwrap();
+        let s = |p: &std::path::Path| p.display().to_string();
+        Self {
+            server: s(&server),
+            client: s(&client),
+            token: s(&token),
+            _dir: dir,
+        }
+    }
+
+    /// The flags of a process (`server`: the coordinator's).
+    fn flags(&self, server: bool) -> Vec<String> {
+        let tls = if server { &self.server } else { &self.client };
+        [
+            "--security",
+            "token",
+            "--token-file",
+            &self.token,
+            "--tls-dir",
+            tls,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// `elf coordinator` on `host`, with the run on S3 and its cache in `cache`; `security`:
+/// its flags (default `--insecure`).
 fn coordinator(
     net: &Net,
     store: &Store,
@@ -89,17 +146,13 @@ fn coordinator(
     run: &str,
     cache: &str,
     extra: &[&str],
+    security: Option<&Creds>,
 ) -> Proc {
     let mut c = net.host(host).command(ELF.0);
     c.args(["coordinator", "--config", &ELF.tiny(), "--run", run])
         .args(["--cache-dir", cache])
-        .args([
-            "--listen",
-            "0.0.0.0:50051",
-            "--http",
-            "0.0.0.0:8080",
-            "--insecure",
-        ])
+        .args(["--listen", "0.0.0.0:50051", "--http", "0.0.0.0:8080"])
+        .args(security.map_or_else(|| vec!["--insecure".to_string()], |c| c.flags(true)))
         .args(["--set", &format!("data_path={BUCKET_DATA}")])
         .args(extra)
         .envs(store.env());
@@ -107,23 +160,39 @@ fn coordinator(
 }
 
 /// `elf worker` on `host` as `deploy/` starts it.
-fn worker(net: &Net, store: &Store, host: &str, id: &str, coordinator: &str) -> Proc {
+fn worker(
+    net: &Net,
+    store: &Store,
+    host: &str,
+    id: &str,
+    coordinator: &str,
+    security: Option<&Creds>,
+) -> Proc {
     let h = net.host(host);
     let mut c = h.command(ELF.0);
     c.args(["worker", "--coordinator", coordinator, "--worker-id", id])
-        .args([
-            "--collective",
-            "0.0.0.0:7000",
-            "--http",
-            "0.0.0.0:8081",
-            "--insecure",
-        ])
+        .args(["--collective", "0.0.0.0:7000", "--http", "0.0.0.0:8081"])
+        .args(security.map_or_else(|| vec!["--insecure".to_string()], |c| c.flags(false)))
         .args(["--threads", "1", "--connect-timeout-s", "60"])
         .args(["--reconnect-timeout-s", "120"])
         .env("POD_IP", h.addr().to_string())
         .env("ELF_FAILPOINT_STEP_DELAY_MS", "150")
         .envs(store.env());
     Proc::start(&format!("{id}@{host}"), c)
+}
+
+/// The TCP ports `host` listens on beyond loopback (from `ss`, inside its namespace).
+fn open_ports(net: &Net, host: &str) -> Vec<u16> {
+    let out = net.host(host).sh("ss -ltnH").unwrap();
+    let mut ports: Vec<u16> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|a| !a.starts_with("127.") && !a.starts_with("[::1]"))
+        .filter_map(|a| a.rsplit(':').next()?.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn wait_step(p: &mut Proc, at_least: u64) -> u64 {
@@ -153,22 +222,32 @@ fn a_run_across_hosts_survives_a_cut_link_a_replaced_worker_and_a_moved_coordina
 
     let store = Store::start(&net);
     let run = "s3://elf-test/runs/multihost";
-    let url = format!("http://{}:50051", net.host("coord").addr());
+    // Token over TLS, as deploy/'s base: the coordinator's certificate names its address.
+    let creds = Creds::new(&net.host("coord").addr().to_string());
+    let sec = Some(&creds);
+    let url = format!("https://{}:50051", net.host("coord").addr());
     let cache1 = net
         .host("coord")
         .dir()
         .join("cache-1")
         .display()
         .to_string();
-    let mut coord = coordinator(&net, &store, "coord", run, &cache1, &args);
+    let mut coord = coordinator(&net, &store, "coord", run, &cache1, &args, sec);
     coord.wait_event("ready", T);
     let mut workers: Vec<Proc> = ["w0", "w1", "w2"]
         .iter()
-        .map(|h| worker(&net, &store, h, h, &url))
+        .map(|h| worker(&net, &store, h, h, &url, sec))
         .collect();
 
-    // w2's link goes down: the survivors commit within the heartbeat timeout plus 10 s.
     wait_step(&mut coord, 4);
+    // Nothing listens beyond loopback but the authenticated ones (gRPC: TLS and the join
+    // token, refused without them in security.rs; the ring: the quorum key) and the read-only
+    // HTTP endpoints (probes, /metrics, /status).
+    assert_eq!(open_ports(&net, "coord"), [8080, 50051], "coordinator");
+    for h in ["w0", "w1", "w2"] {
+        assert_eq!(open_ports(&net, h), [7000, 8081], "worker {h}");
+    }
+    // w2's link goes down: the survivors commit within the heartbeat timeout plus 10 s.
     net.link_down("w2").unwrap();
     let cut = Instant::now();
     let at_cut = coord.wait_next("step", T)["step"].as_u64().unwrap();
@@ -186,7 +265,7 @@ fn a_run_across_hosts_survives_a_cut_link_a_replaced_worker_and_a_moved_coordina
 
     // w1's process is lost; a replacement with the same id starts on a fresh host.
     workers[1].kill();
-    let mut replacement = worker(&net, &store, "w1new", "w1", &url);
+    let mut replacement = worker(&net, &store, "w1new", "w1", &url, sec);
     let joined = coord.wait_next("joined", T);
     assert_eq!(joined["worker_id"], "w1", "{joined}");
 
@@ -201,7 +280,7 @@ fn a_run_across_hosts_survives_a_cut_link_a_replaced_worker_and_a_moved_coordina
         .display()
         .to_string();
     std::fs::remove_dir_all(&cache1).unwrap();
-    let mut coord = coordinator(&net, &store, "coord", run, &cache2, &args);
+    let mut coord = coordinator(&net, &store, "coord", run, &cache2, &args, sec);
     let ready = coord.wait_event("ready", T);
     assert!(ready["start_step"].as_u64().unwrap() > 0, "{ready}");
     for w in workers.iter_mut().chain([&mut replacement]) {
@@ -271,9 +350,9 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
 
     // A run location on the coordinator's own disk.
     let local_run = net.host("coord").dir().join("run").display().to_string();
-    let mut c = coordinator(&net, &store, "coord", &local_run, &cache, &one);
+    let mut c = coordinator(&net, &store, "coord", &local_run, &cache, &one, None);
     c.wait_event("ready", T);
-    let mut w = worker(&net, &store, "w0", "w0", &url);
+    let mut w = worker(&net, &store, "w0", "w0", &url, None);
     expect_refusal(&mut c, &mut w, "local run", "the run location");
 
     // A data path on the coordinator's own disk.
@@ -289,9 +368,10 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
         "s3://elf-test/runs/bad-data",
         &cache,
         &args,
+        None,
     );
     c.wait_event("ready", T);
-    let mut w = worker(&net, &store, "w0", "w0", &url);
+    let mut w = worker(&net, &store, "w0", "w0", &url, None);
     expect_refusal(&mut c, &mut w, "local data", "data_path");
 
     // No reachable checkpoint URL.
@@ -308,9 +388,10 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
         "s3://elf-test/runs/bad-ckpt",
         &cache,
         &args,
+        None,
     );
     c.wait_event("ready", T);
-    let mut w = worker(&net, &store, "w0", "w0", &url);
+    let mut w = worker(&net, &store, "w0", "w0", &url, None);
     expect_refusal(&mut c, &mut w, "local checkpoints", "checkpoint.url");
 
     // Loopback and unspecified advertise addresses are refused at registration.
@@ -321,6 +402,7 @@ fn misconfigured_hosts_fail_fast_with_one_clear_error() {
         "s3://elf-test/runs/bad-addr",
         &cache,
         &one,
+        None,
     );
     c.wait_event("ready", T);
     for (collective, pod_ip) in [("127.0.0.1:7000", true), ("0.0.0.0:7000", false)] {
