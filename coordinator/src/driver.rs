@@ -345,7 +345,12 @@ impl Driver {
                     tokens_per_s,
                 });
             }
-            Effect::WriteManifest(save) => self.storage.submit(Job::Manifest(save)),
+            Effect::WriteManifest(save) => {
+                // The metrics in the run location cover every step up to a checkpoint before
+                // it commits: a restarted coordinator resumes there and keeps every line.
+                let metrics = self.recorder.published();
+                self.storage.submit(Job::Manifest(save, metrics));
+            }
             Effect::RecordEval { job, report } => match report.outcome {
                 EvalOutcome::Scored(results) => self.storage.submit(Job::Eval {
                     job,
@@ -385,9 +390,6 @@ impl Driver {
             Event::CheckpointCommitted { step } => {
                 m.checkpoint_saves.inc();
                 m.checkpoint_last_step.set(step.0 as i64);
-                // The published metrics cover every step up to the checkpoint a restarted
-                // coordinator resumes from.
-                self.recorder.publish();
                 self.emit("checkpoint", json!({"step": step.0}));
             }
             Event::CheckpointNotCommitted { step, reason } => {

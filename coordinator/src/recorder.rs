@@ -34,8 +34,9 @@ pub struct Line {
 enum Job {
     /// Append a committed step (and publish the files when due).
     Record(Line),
-    /// Publish the files now (the run ended).
-    Publish,
+    /// Publish the files now (a checkpoint is about to commit, or the run ended); then answer
+    /// on the channel, if any.
+    Publish(Option<std::sync::mpsc::Sender<()>>),
 }
 
 /// The metrics files of a run and the thread that appends to them.
@@ -106,17 +107,20 @@ impl Recorder {
             config_hash,
         };
         let thread = IoThread::start("elf-metrics", move |job: Job| {
-            let publish = match job {
+            let publish = match &job {
                 Job::Record(line) => {
-                    if let Err(e) = files.write(&line) {
+                    if let Err(e) = files.write(line) {
                         tracing::error!(error = %format!("{e:#}"), "cannot write the metrics files");
                     }
                     files.throttle.due(std::time::Instant::now())
                 }
-                Job::Publish => true,
+                Job::Publish(_) => true,
             };
             if publish && let Err(e) = files.publish() {
                 tracing::warn!(error = %format!("{e:#}"), "cannot publish the metrics files to the run location");
+            }
+            if let Job::Publish(Some(done)) = job {
+                let _ = done.send(());
             }
         })
         .context("cannot start the metrics thread")?;
@@ -128,14 +132,18 @@ impl Recorder {
         self.0.submit(Job::Record(line));
     }
 
-    /// Publishes the files to the run location once the queued lines are written.
-    pub fn publish(&self) {
-        self.0.submit(Job::Publish);
+    /// Publishes the files to the run location once the queued lines are written; the
+    /// receiver answers when they are (a checkpoint's manifest waits for it, so the metrics
+    /// in the store always cover the newest committed checkpoint).
+    pub fn published(&self) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.0.submit(Job::Publish(Some(tx)));
+        rx
     }
 
     /// Writes every queued line, publishes the files and closes them (blocking).
     pub fn close(&mut self) {
-        self.0.submit(Job::Publish);
+        self.0.submit(Job::Publish(None));
         self.0.close();
     }
 }

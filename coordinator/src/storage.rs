@@ -21,8 +21,9 @@ use crate::state::saves::CompletedSave;
 /// A write for the storage thread.
 #[derive(Debug)]
 pub enum Job {
-    /// Commit a complete save, then apply retention.
-    Manifest(CompletedSave),
+    /// Commit a complete save (once the metrics files are published: the receiver), then
+    /// apply retention.
+    Manifest(CompletedSave, std::sync::mpsc::Receiver<()>),
     /// Record an eval job's results.
     Eval {
         /// The job.
@@ -35,6 +36,9 @@ pub enum Job {
         seconds: f64,
     },
 }
+
+/// How long a manifest waits for the metrics files to be published.
+const METRICS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a finished job tells the driver.
 #[derive(Debug)]
@@ -83,7 +87,16 @@ impl Storage {
     pub fn start(ctx: Context, done: UnboundedSender<Completion>) -> std::io::Result<Self> {
         let thread = IoThread::start("elf-storage", move |job: Job| {
             let c = match job {
-                Job::Manifest(save) => Completion::Manifest(ctx.commit(&save)),
+                Job::Manifest(save, metrics) => {
+                    // Bounded: a store outage delays a checkpoint, never stalls it.
+                    if metrics.recv_timeout(METRICS_WAIT).is_err() {
+                        tracing::warn!(
+                            step = save.step.0,
+                            "committing before the metrics files were published"
+                        );
+                    }
+                    Completion::Manifest(ctx.commit(&save))
+                }
                 Job::Eval {
                     job,
                     worker,
