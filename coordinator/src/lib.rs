@@ -167,7 +167,7 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         eval_inline: c.eval.on_training_workers,
         save_hold: SAVE_HOLD,
         farewell_hold: FAREWELL_HOLD,
-        spans_hosts: spans_hosts(&opts.listen),
+        spans_hosts: !elf_protocol::security::is_loopback(&opts.listen),
         secret: {
             let mut b = [0u8; 32];
             std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut b)
@@ -204,15 +204,6 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         },
         start,
     })
-}
-
-/// Returns true when a gRPC listen address reaches beyond this host (anything but a loopback
-/// IP or `localhost`).
-fn spans_hosts(listen: &str) -> bool {
-    state::reachable_from_other_hosts(listen)
-        || listen
-            .rsplit_once(':')
-            .is_some_and(|(h, _)| h == "0.0.0.0" || h == "[::]")
 }
 
 /// Finds where the run resumes, binds the listeners and starts serving.

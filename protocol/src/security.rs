@@ -265,16 +265,30 @@ fn install_crypto() {
     });
 }
 
-/// Returns true for a `host:port` on a loopback IP or `localhost`.
-pub fn is_loopback(addr: &str) -> bool {
+/// Returns the host of `host:port` (`[v6]:port` unbracketed), parsed as an IP when it is one.
+fn host_of(addr: &str) -> Result<std::net::IpAddr, &str> {
     let host = addr
         .rsplit_once(':')
         .map_or(addr, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
+    host.parse().map_err(|_| host)
+}
+
+/// Returns true for a `host:port` on a loopback IP or `localhost`.
+pub fn is_loopback(addr: &str) -> bool {
+    match host_of(addr) {
         Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
+        Err(name) => name.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Returns true for a `host:port` only its own host can reach: a loopback or unspecified IP,
+/// `localhost`, or no host (any other name is trusted: only DNS can tell).
+pub fn only_this_host(addr: &str) -> bool {
+    match host_of(addr) {
+        Ok(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Err(name) => name.is_empty() || name.eq_ignore_ascii_case("localhost"),
     }
 }
 

@@ -478,13 +478,25 @@ mod tests {
     use super::*;
 
     fn ring_of(n: usize, bucket: usize) -> Vec<Ring> {
-        let listeners: Vec<TcpListener> = (0..n)
+        ring_on(&bind(n), bucket)
+    }
+
+    fn bind(n: usize) -> Vec<TcpListener> {
+        (0..n)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let peers: Vec<String> = listeners
+            .collect()
+    }
+
+    fn addrs(listeners: &[TcpListener]) -> Vec<String> {
+        listeners
             .iter()
             .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
+            .collect()
+    }
+
+    /// Connects a ring of quorum 7 (key `k`) on `listeners`, one thread per rank.
+    fn ring_on(listeners: &[TcpListener], bucket: usize) -> Vec<Ring> {
+        let peers = addrs(listeners);
         std::thread::scope(|s| {
             let hs: Vec<_> = listeners
                 .iter()
@@ -506,13 +518,8 @@ mod tests {
     /// byte is read; the real rank 1 is then accepted and the sum is the true one.
     #[test]
     fn a_forged_or_stale_ring_dialer_is_dropped_before_any_tensor_byte() {
-        let listeners: Vec<TcpListener> = (0..2)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let peers: Vec<String> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().to_string())
-            .collect();
+        let listeners = bind(2);
+        let peers = addrs(&listeners);
         for (quorum, key) in [(7u64, &b"wrong"[..]), (6, b"k")] {
             let mut forged = std::net::TcpStream::connect(&peers[0]).unwrap();
             let mut hello = MAGIC.to_vec();
@@ -524,19 +531,7 @@ mod tests {
             let _ = forged.write_all(&vec![0x7f; 4096]);
             std::mem::forget(forged);
         }
-        let mut rings: Vec<Ring> = std::thread::scope(|s| {
-            let hs: Vec<_> = listeners
-                .iter()
-                .enumerate()
-                .map(|(r, l)| {
-                    let peers = peers.clone();
-                    s.spawn(move || {
-                        Ring::connect(l, &peers, r, 7, b"k", Duration::from_secs(5), 64).unwrap()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let mut rings = ring_on(&listeners, 64);
         let sums: Vec<Vec<f32>> = std::thread::scope(|s| {
             let hs: Vec<_> = rings
                 .iter_mut()

@@ -39,11 +39,6 @@ impl Leaves {
         self.departed.contains(w)
     }
 
-    /// Returns true when `w` leaves once the step in flight commits.
-    pub fn is_leaving(&self, w: &WorkerId) -> bool {
-        self.leaving.contains(w)
-    }
-
     /// Returns the errors failed workers reported, oldest first.
     pub fn errors(&self) -> Vec<WorkerError> {
         self.errors.iter().cloned().collect()

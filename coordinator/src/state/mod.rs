@@ -165,20 +165,6 @@ pub struct ManifestWritten {
     pub retention_error: Option<String>,
 }
 
-/// Returns false for a `host:port` that only its own host can reach: a loopback or
-/// unspecified IP, or `localhost` (a name is otherwise trusted: only DNS can tell).
-pub fn reachable_from_other_hosts(addr: &str) -> bool {
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => !(ip.is_loopback() || ip.is_unspecified()),
-        Err(_) => !host.is_empty() && !host.eq_ignore_ascii_case("localhost"),
-    }
-}
-
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -488,7 +474,7 @@ impl Model {
         if r.worker.as_str().is_empty() {
             return Reply::Refused(Refusal::EmptyWorkerId);
         }
-        if self.settings.spans_hosts && !reachable_from_other_hosts(&r.collective_addr) {
+        if self.settings.spans_hosts && elf_protocol::security::only_this_host(&r.collective_addr) {
             return Reply::Refused(Refusal::UnreachableAddress {
                 worker: r.worker,
                 addr: r.collective_addr,

@@ -35,9 +35,4 @@ impl Model {
             _ => {}
         }
     }
-
-    /// True once SIGTERM arrived.
-    pub fn is_terminated(&self) -> bool {
-        self.terminated
-    }
 }
