@@ -1,10 +1,16 @@
 //! Reading a config: YAML text to a typed value (the one place `serde_yaml_ng` is called),
 //! `--set` overrides, the sampling YAML, and paths made absolute against the config's folder.
+//!
+//! Text is bounded before it is parsed (see `limits`), and every number in the parsed tree
+//! must be finite before it becomes a typed value.
 
+use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::Value;
 
+use super::limits::{self, MAX_CONFIG_BYTES, MAX_NESTING};
 use super::{Config, ConfigError, ResolvedConfig, SamplingConfig};
 
 impl Config {
@@ -15,10 +21,7 @@ impl Config {
     /// bad overrides, a missing sampling file and every violated invariant.
     pub fn load(path: &Path, overrides: &[String]) -> Result<ResolvedConfig, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source_err| ConfigError::Io {
-            path: source.clone(),
-            source: source_err,
-        })?;
+        let text = read_limited(path, &source)?;
         let base_dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -91,34 +94,54 @@ impl Config {
     }
 }
 
-/// Parses YAML into a value, naming the source in the error.
-fn parse_yaml(text: &str, source: &str) -> Result<Value, ConfigError> {
-    serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+/// Reads a config file of at most [`MAX_CONFIG_BYTES`] without reading more than that.
+fn read_limited(path: &Path, source: &str) -> Result<String, ConfigError> {
+    let io = |e| ConfigError::Io {
         path: source.to_string(),
-        message: e.to_string(),
+        source: e,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() > MAX_CONFIG_BYTES {
+        let len = std::fs::metadata(path).map_or(bytes.len() as u64, |m| m.len());
+        return Err(ConfigError::Parse {
+            path: source.to_string(),
+            message: limits::too_large("config", len),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })
 }
 
-/// The only place YAML becomes a typed value.
+/// Parses YAML into a value within the size and nesting limits, naming the source in the error.
+fn parse_yaml(text: &str, source: &str) -> Result<Value, ConfigError> {
+    let err = |message| ConfigError::Parse {
+        path: source.to_string(),
+        message,
+    };
+    limits::check(text, "config").map_err(err)?;
+    serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))
+}
+
+/// The only place YAML becomes a typed value: straight from the tree, so numbers stay numbers
+/// (NaN and infinities included, which JSON cannot carry) and errors name the key path.
 fn from_value<T: serde::de::DeserializeOwned>(
     value: Value,
     source: &str,
 ) -> Result<T, ConfigError> {
-    // Through JSON text, because serde_yaml_ng's `Value` deserializer does not report key paths.
-    let text = serde_json::to_string(&value).map_err(|e| ConfigError::Parse {
+    check_finite(&value, &mut String::new()).map_err(|message| ConfigError::Parse {
         path: source.to_string(),
-        message: e.to_string(),
+        message,
     })?;
-    let mut de = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
-        // Drop serde_json's "at line 1 column N": positions in the JSON re-encoding mean nothing.
-        let inner = e.inner().to_string();
-        let inner = inner
-            .split(" at line ")
-            .next()
-            .unwrap_or(&inner)
-            .to_string();
+        let inner = e.into_inner().to_string();
         let message = if key == "." {
             inner
         } else {
@@ -131,12 +154,55 @@ fn from_value<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Refuses a NaN or infinite number anywhere in `value`; `path` is its key path (as
+/// `serde_path_to_error` writes them: `train.x`, `sampling_configs[0].cfgs[1]`), and the error
+/// names it. Every float of every section is covered, present and future.
+fn check_finite(value: &Value, path: &mut String) -> Result<(), String> {
+    let len = path.len();
+    match value {
+        Value::Number(n) if !n.is_finite() => {
+            let key = if path.is_empty() { "." } else { path.as_str() };
+            return Err(format!("{key}: must be a finite number, got {n}"));
+        }
+        Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                let _ = write!(path, "[{i}]");
+                check_finite(v, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k {
+                    Value::String(s) => path.push_str(s),
+                    other => path.push_str(
+                        serde_yaml_ng::to_string(other)
+                            .unwrap_or_default()
+                            .trim_end(),
+                    ),
+                }
+                check_finite(v, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => check_finite(&t.value, path)?,
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Applies one `key=value` override; dotted keys reach into sections (`train.max_steps=10`).
 fn apply_override(root: &mut Value, ov: &str) -> Result<(), ConfigError> {
     let err = |message: String| ConfigError::Parse {
         path: "--set".into(),
         message,
     };
+    if ov.len() > MAX_CONFIG_BYTES {
+        return Err(err(limits::too_large("override", ov.len() as u64)));
+    }
     let (key, raw) = ov
         .split_once('=')
         .ok_or_else(|| err(format!("{ov:?}: expected key=value")))?;
@@ -144,13 +210,22 @@ fn apply_override(root: &mut Value, ov: &str) -> Result<(), ConfigError> {
     if key.is_empty() {
         return Err(err(format!("{ov:?}: empty key")));
     }
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() > MAX_NESTING {
+        return Err(err(format!(
+            "{}...: key nests {} levels, deeper than {MAX_NESTING}",
+            parts[0],
+            parts.len()
+        )));
+    }
     let raw = raw.trim();
     let value: Value = if raw.eq_ignore_ascii_case("none") {
         Value::Null
     } else {
+        limits::check(raw, "value").map_err(|e| err(format!("{key}: {e}")))?;
         serde_yaml_ng::from_str(raw).map_err(|e| err(format!("{key}: {e}")))?
     };
-    let parts: Vec<&str> = key.split('.').collect();
+    check_finite(&value, &mut key.to_string()).map_err(err)?;
     let mut cur = root;
     for (i, part) in parts.iter().enumerate() {
         let map = match cur {
@@ -199,10 +274,7 @@ pub fn resolve_relative(base_dir: &Path, p: &str) -> Option<PathBuf> {
 /// Names the file and the bad key.
 pub fn load_sampling_configs(path: &Path) -> Result<Vec<SamplingConfig>, ConfigError> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
-        path: source.clone(),
-        source: e,
-    })?;
+    let text = read_limited(path, &source)?;
     let mut value = parse_yaml(&text, &source)?;
     if let Value::Mapping(m) = &mut value
         && let Some(list) = m.remove("sampling_configs")

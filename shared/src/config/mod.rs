@@ -8,9 +8,11 @@
 //! # Layout
 //! - [`sections`]: the value types and our sections (`encoder`, `train`, `cluster`, ...).
 //! - `load`: YAML in (the one place YAML is parsed), `--set` overrides, path resolution.
+//! - `limits`: the size and nesting bounds checked before the YAML parser sees any text.
 //! - `validate`: the cross-field invariants, all reported at once.
 //! - this file: [`Config`], its defaults, hashes and derived values.
 
+mod limits;
 mod load;
 pub mod sections;
 mod validate;
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use limits::{MAX_CONFIG_BYTES, MAX_NESTING};
 pub use load::{load_sampling_configs, resolve_relative};
 pub use sections::*;
 
@@ -143,7 +146,7 @@ pub struct Config {
     pub batch_size: Option<usize>,
     /// Global batch `G`.
     pub global_batch_size: usize,
-    /// Peak learning rate; `None` or <= 0 derives it from `blr`.
+    /// Peak learning rate, in (0, 1]; `None` derives it from `blr`.
     pub lr: Option<f64>,
     /// Base learning rate per 256 samples.
     pub blr: f64,
@@ -362,10 +365,12 @@ impl Config {
 
     /// Returns the sha256 of what determines the trained model: the resolved config with the
     /// world size left out (`cluster.workers`: any world size trains the same model, so a run
-    /// may resume at another one).
+    /// may resume at another one), and the non-finite step policy (`train.skip_nonfinite`: it
+    /// changes nothing in a run whose steps are finite).
     pub fn training_hash(&self) -> ConfigHash {
         let mut c = self.clone();
         c.cluster.workers = ClusterSection::default().workers;
+        c.train.skip_nonfinite = TrainSection::default().skip_nonfinite;
         c.hash()
     }
 
@@ -382,7 +387,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: dir.to_string(),
                 problems: vec![format!(
-                    "written by config {} but this config hashes to {}; resume with the same config (only cluster.workers may differ) or use a new run dir",
+                    "written by config {} but this config hashes to {}; resume with the same config (only cluster.workers and train.skip_nonfinite may differ) or use a new run dir",
                     other.hash(),
                     self.hash()
                 )],

@@ -156,6 +156,10 @@ pub struct TrainSection {
     pub final_samples: usize,
     /// Sampling steps used for the final samples.
     pub final_sample_steps: usize,
+    /// How many steps with a non-finite loss or gradient norm may be skipped (no update, the
+    /// batch dropped) before the run fails; 0 (the default) fails the run at the first one.
+    #[serde(default)]
+    pub skip_nonfinite: u32,
 }
 
 impl Default for TrainSection {
@@ -166,6 +170,7 @@ impl Default for TrainSection {
             micro_batch_size: None,
             final_samples: 4,
             final_sample_steps: 32,
+            skip_nonfinite: 0,
         }
     }
 }

@@ -1,6 +1,52 @@
-//! The cross-field invariants of a config, every violation reported at once.
+//! The cross-field invariants and value ranges of a config, every violation reported at once.
+//! (Every number is already finite: the loader refuses NaN and infinities by key path.)
 
 use super::{Config, ConfigError};
+
+/// The range a float must lie in, as it reads in a message.
+#[derive(Clone, Copy)]
+enum Range {
+    /// `>= 0`.
+    NonNeg,
+    /// `> 0`.
+    Pos,
+    /// `[0, 1]`.
+    Unit,
+    /// `[0, 1)`.
+    UnitOpen,
+    /// `(0, 1]`.
+    PosUnit,
+}
+
+impl Range {
+    fn holds(self, v: f64) -> bool {
+        v.is_finite()
+            && match self {
+                Self::NonNeg => v >= 0.0,
+                Self::Pos => v > 0.0,
+                Self::Unit => (0.0..=1.0).contains(&v),
+                Self::UnitOpen => (0.0..1.0).contains(&v),
+                Self::PosUnit => v > 0.0 && v <= 1.0,
+            }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::NonNeg => ">= 0",
+            Self::Pos => "> 0",
+            Self::Unit => "in [0, 1]",
+            Self::UnitOpen => "in [0, 1)",
+            Self::PosUnit => "in (0, 1]",
+        }
+    }
+}
+
+/// Records a violation when `v` is outside `range`.
+fn need(p: &mut Vec<String>, name: &str, v: f64, range: Range) {
+    if !range.holds(v) {
+        p.push(format!("{name} must be {}, got {v:?}", range.text()));
+    }
+}
 
 impl Config {
     /// Checks the cross-field invariants and returns every violation at once.
@@ -20,8 +66,56 @@ impl Config {
                 self.max_length
             ));
         }
-        if self.latent_std <= 0.0 {
-            p.push("latent_std must be > 0".into());
+        for (name, v, range) in [
+            ("latent_std", self.latent_std, Range::Pos),
+            ("attn_dropout", self.attn_dropout, Range::UnitOpen),
+            ("proj_dropout", self.proj_dropout, Range::UnitOpen),
+            ("denoiser_p_std", self.denoiser_p_std, Range::NonNeg),
+            (
+                "denoiser_noise_scale",
+                self.denoiser_noise_scale,
+                Range::NonNeg,
+            ),
+            ("t_eps", self.t_eps, Range::PosUnit),
+            ("decoder_prob", self.decoder_prob, Range::Unit),
+            (
+                "decoder_noise_scale",
+                self.decoder_noise_scale,
+                Range::NonNeg,
+            ),
+            ("decoder_p_std", self.decoder_p_std, Range::NonNeg),
+            ("label_drop_prob", self.label_drop_prob, Range::Unit),
+            ("self_cond_prob", self.self_cond_prob, Range::Unit),
+            ("blr", self.blr, Range::PosUnit),
+            ("min_lr", self.min_lr, Range::Unit),
+            ("weight_decay", self.weight_decay, Range::NonNeg),
+            ("adam_b1", self.adam_b1, Range::UnitOpen),
+            ("adam_b2", self.adam_b2, Range::UnitOpen),
+            ("ema_decay1", self.ema_decay1, Range::UnitOpen),
+            ("eval_freq", self.eval_freq, Range::NonNeg),
+            ("save_freq", self.save_freq, Range::NonNeg),
+        ] {
+            need(&mut p, name, v, range);
+        }
+        match self.lr {
+            Some(lr) => need(&mut p, "lr", lr, Range::PosUnit),
+            // An lr above 1 is a typo, whether set or derived from `blr`.
+            None => need(
+                &mut p,
+                "blr * global_batch_size * grad_accum_steps / 256 (the peak lr, as lr is unset)",
+                self.peak_lr(),
+                Range::PosUnit,
+            ),
+        }
+        if let Some(w) = self.warmup_epochs {
+            need(&mut p, "warmup_epochs", w, Range::NonNeg);
+        }
+        if let Some(d) = &self.model_dims {
+            need(&mut p, "model_dims.mlp_ratio", d.mlp_ratio, Range::Pos);
+        }
+        for (i, s) in self.sampling_configs.iter().enumerate() {
+            let name = format!("sampling_configs[{i}].sde_gamma");
+            need(&mut p, &name, s.sde_gamma, Range::NonNeg);
         }
         if self.model_dims.is_none()
             && !["ELF-B", "ELF-M", "ELF-L", "ELF-T"].contains(&self.model.as_str())
@@ -44,15 +138,6 @@ impl Config {
         let e = &self.encoder;
         if e.num_heads == 0 || e.d_model == 0 || e.num_layers == 0 {
             p.push("encoder: d_model, num_heads and num_layers must be >= 1".into());
-        }
-        for (name, v) in [
-            ("decoder_prob", self.decoder_prob),
-            ("label_drop_prob", self.label_drop_prob),
-            ("self_cond_prob", self.self_cond_prob),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                p.push(format!("{name} must be in [0, 1], got {v}"));
-            }
         }
         if self.self_cond_cfg_min < 0.0 || self.self_cond_cfg_max < self.self_cond_cfg_min {
             p.push("self_cond_cfg_min must be >= 0 and <= self_cond_cfg_max".into());
@@ -99,15 +184,6 @@ impl Config {
         }
         if self.train.micro_batch_size == Some(0) {
             p.push("train.micro_batch_size must be >= 1".into());
-        }
-        if !(0.0..1.0).contains(&self.ema_decay1) {
-            p.push(format!(
-                "ema_decay1 must be in [0, 1), got {}",
-                self.ema_decay1
-            ));
-        }
-        if self.t_eps <= 0.0 {
-            p.push("t_eps must be > 0".into());
         }
         if self.sampling_configs.is_empty() {
             p.push("sampling_configs must not be empty".into());
