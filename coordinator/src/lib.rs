@@ -174,6 +174,7 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
                 .context("cannot read /dev/urandom")?;
             hex::encode(b)
         },
+        skip_nonfinite: c.train.skip_nonfinite,
         run: facts,
     };
     Ok(Prepared {
@@ -241,7 +242,10 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
         admission: p.admission,
         security: opts.security.clone(),
     };
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(elf_protocol::GRPC_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(elf_protocol::GRPC_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(elf_protocol::GRPC_KEEPALIVE_INTERVAL));
     if let Some(tls) = opts.security.server_tls() {
         builder = builder
             .tls_config(tls)
@@ -256,7 +260,11 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
     let server = tokio::spawn(async move {
         builder
             .add_service(health_service)
-            .add_service(CoordinatorServer::new(svc))
+            .add_service(
+                CoordinatorServer::new(svc)
+                    .max_decoding_message_size(elf_protocol::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(elf_protocol::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 async {

@@ -79,6 +79,20 @@ pub enum Refusal {
         /// The step it reported.
         step: Step,
     },
+    /// A report about a step, quorum or rank its sender does not hold.
+    #[error(
+        "worker {worker} reported a shard of step {step} as rank {rank} of quorum {quorum}, which it is not"
+    )]
+    NotMember {
+        /// Who.
+        worker: WorkerId,
+        /// The step it reported.
+        step: Step,
+        /// The quorum it named.
+        quorum: QuorumId,
+        /// The rank it named.
+        rank: u32,
+    },
     /// A request that does not decode.
     #[error("malformed request: {0}")]
     Malformed(#[from] DecodeError),
@@ -94,6 +108,7 @@ impl From<Refusal> for tonic::Status {
             Refusal::Malformed(_) => tonic::Status::invalid_argument(msg),
             Refusal::Closed => tonic::Status::unavailable(msg),
             Refusal::NotRegistered(_) => tonic::Status::not_found(msg),
+            Refusal::NotMember { .. } => tonic::Status::permission_denied(msg),
             Refusal::Protocol { .. }
             | Refusal::EmptyWorkerId
             | Refusal::UnreachableAddress { .. }

@@ -174,6 +174,8 @@ impl Context {
             metrics: json!({"loss": a.loss, "ce_loss": a.ce_loss, "l2_loss": a.l2_loss, "grad_norm": a.grad_norm,
                             "lr": save.commit.lr, "param_digest": a.param_digest}),
             eval: serde_json::Value::Null,
+            param_digest: a.param_digest.clone(),
+            manifest_sha256: String::new(),
         }
     }
 

@@ -121,7 +121,7 @@ impl Worker {
             rank: t.rank,
             outcome: StepOutcome::Applied(Applied {
                 loss: 1.0 / (1.0 + t.step.0 as f64),
-                param_digest: format!("digest-{}", t.step),
+                param_digest: digest_of(t.step.0),
                 ..Applied::default()
             }),
             timings: StepTimings::default(),
@@ -134,7 +134,7 @@ impl Worker {
 
     /// Writes this rank's shard into `dir` and reports it (rank 0 with the state's index).
     async fn save(&mut self, t: &TrainStep, dir: &str) {
-        let bytes = format!("shard {} of step {}", t.rank, t.step).into_bytes();
+        let bytes = shard_bytes(t.rank, t.step.0);
         let file = shard_file(t.rank, t.world_size);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(Path::new(dir).join(&file), &bytes).unwrap();
@@ -168,6 +168,36 @@ impl Worker {
             .await
             .unwrap();
     }
+}
+
+/// The state after step `step`: `params/w` = [step, step].
+fn state_of(step: u64) -> [f32; 2] {
+    [step as f32; 2]
+}
+
+/// The parameter digest the workers report after `step`.
+fn digest_of(step: u64) -> String {
+    let bytes: Vec<u8> = state_of(step)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// Rank `rank`'s shard (of two) of the state after `step`: the piece `params/w@rank:rank+1`.
+fn shard_bytes(rank: u32, step: u64) -> Vec<u8> {
+    let v = state_of(step)[rank as usize].to_le_bytes();
+    let mut json = serde_json::to_vec(&serde_json::json!({
+        format!("params/w@{rank}:{}", rank + 1): {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    }))
+    .unwrap();
+    while !json.len().is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend(v);
+    out
 }
 
 /// Trains steps until both workers are told the run is done; returns the steps trained.
@@ -270,7 +300,8 @@ async fn a_run_commits_steps_and_checkpoints_and_reports_its_status() {
         (m["step"].as_u64(), m["world_size"].as_u64()),
         (Some(5), Some(2))
     );
-    assert_eq!(m["metrics"]["param_digest"], "digest-5");
+    assert_eq!(m["metrics"]["param_digest"], digest_of(5));
+    assert_eq!(m["param_digest"], digest_of(5));
     assert_eq!(m["optimizer_count"], 6);
     assert!(ckpt.join("step-000000002/manifest.json").exists());
     assert_eq!(

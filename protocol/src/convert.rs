@@ -67,6 +67,7 @@ twins!(Applied, wire::Applied, {
     l2_loss,
     grad_norm,
     param_digest,
+    non_finite,
 });
 twins!(Losses, wire::Losses, { loss, ce_loss, l2_loss });
 twins!(WorkerStatus, wire::WorkerStatus, {
@@ -217,10 +218,16 @@ impl From<Directive> for wire::Directive {
                 joiner_addr: to,
                 key,
             }),
-            Directive::ReceiveState { step, from, key } => Kind::ReceiveState(wire::ReceiveState {
+            Directive::ReceiveState {
+                step,
+                from,
+                key,
+                param_digest,
+            } => Kind::ReceiveState(wire::ReceiveState {
                 step: step.0,
                 donor_addr: from,
                 key,
+                param_digest,
             }),
             Directive::Done {
                 steps,
@@ -284,6 +291,7 @@ impl TryFrom<wire::Directive> for Directive {
                 step: Step(r.step),
                 from: r.donor_addr,
                 key: r.key,
+                param_digest: r.param_digest,
             },
             Kind::Done(d) => Directive::Done {
                 steps: d.steps,
@@ -549,6 +557,8 @@ impl From<RunStatus> for wire::RunStatus {
                     error: e.error,
                 })
                 .collect(),
+            skipped_steps: s.skipped_steps,
+            refused_reports: s.refused_reports,
         }
     }
 }
@@ -583,6 +593,8 @@ impl From<wire::RunStatus> for RunStatus {
                     error: e.error,
                 })
                 .collect(),
+            skipped_steps: s.skipped_steps,
+            refused_reports: s.refused_reports,
         }
     }
 }
@@ -621,6 +633,7 @@ mod tests {
                 step: Step(4),
                 from: "a:1".into(),
                 key: "ab".into(),
+                param_digest: "cd".into(),
             },
             Directive::Done {
                 steps: 20,

@@ -27,15 +27,25 @@ where
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
-            // Read until the end of the request head (GETs carry no body).
-            while n < buf.len() {
-                match sock.read(&mut buf[n..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => n += k,
+            // Read until the end of the request head (GETs carry no body), at most 4 KiB
+            // within HTTP_HEAD_TIMEOUT: a client that trickles or idles is dropped.
+            let read_head = async {
+                while n < buf.len() {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
                 }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
+                true
+            };
+            if !matches!(
+                tokio::time::timeout(crate::HTTP_HEAD_TIMEOUT, read_head).await,
+                Ok(true)
+            ) {
+                return;
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let mut parts = head.split_whitespace();

@@ -153,6 +153,9 @@ pub enum Directive {
         from: String,
         /// The copy's key (hex): a sender that cannot prove it is dropped unread.
         key: String,
+        /// The digest of the parameters the copy must hold (the last committed step's; empty
+        /// when unknown): a state that does not hash to it is refused.
+        param_digest: String,
     },
     /// The run is complete.
     Done {
@@ -196,6 +199,9 @@ pub struct Applied {
     pub grad_norm: f64,
     /// sha256 of the parameters after the step.
     pub param_digest: String,
+    /// Empty for a finite step; else why nothing was applied (a non-finite loss or gradient
+    /// norm, naming the branch): the replica holds the state before the step.
+    pub non_finite: String,
 }
 
 /// How a step ended on one worker.
@@ -460,6 +466,10 @@ pub struct RunStatus {
     pub last_eval: Option<EvalStatus>,
     /// The most recent errors workers reported before they left (oldest first, bounded).
     pub worker_errors: Vec<WorkerError>,
+    /// Steps skipped for a non-finite loss or gradient norm (`train.skip_nonfinite`).
+    pub skipped_steps: u32,
+    /// Reports refused because their sender did not hold the step, quorum or rank they named.
+    pub refused_reports: u64,
 }
 
 /// An error a worker reported before it left the run.

@@ -9,17 +9,19 @@
 //! discovery and retention instead of being read as "no checkpoint here" (which would resume an
 //! older step or delete a committed one).
 
-use elf_shared::manifest::{Manifest, step_dir};
+use elf_shared::manifest::{Manifest, decode_shard, first_non_finite, step_dir, tensor_at};
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
 use crate::location::Location;
 
-/// Reads the manifest of a checkpoint folder.
+/// Reads the manifest of a checkpoint folder and checks it against itself and the folder's
+/// name ([`Manifest::check`]).
 ///
 /// # Errors
 /// [`StoreError::NotCommitted`] when there is none (the checkpoint does not exist), a malformed
-/// manifest, or the store's error.
+/// or inconsistent manifest ([`StoreError::Malformed`], naming the file and the field), or the
+/// store's error.
 pub fn read_manifest(dir: &Location) -> Result<Manifest, StoreError> {
     let loc = dir.join("manifest.json");
     let bytes = match loc.read_all() {
@@ -31,10 +33,23 @@ pub fn read_manifest(dir: &Location) -> Result<Manifest, StoreError> {
         }
         Err(e) => return Err(e),
     };
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Malformed {
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::Malformed {
         name: loc.display(),
         message: format!("malformed manifest: {e}"),
-    })
+    })?;
+    let folder_step = dir
+        .file_name()
+        .strip_prefix("step-")
+        .and_then(|s| s.parse().ok());
+    m.check(folder_step)
+        .map_err(|message| StoreError::Malformed {
+            name: loc.display(),
+            message,
+        })?;
+    if m.format < 2 {
+        tracing::warn!(manifest = %loc.display(), "a format-1 manifest carries no hash of itself and no parameter digest: only its shards' hashes are verified");
+    }
+    Ok(m)
 }
 
 /// Writes the manifest of a checkpoint into its folder under `root`: the commit itself.
@@ -42,9 +57,7 @@ pub fn read_manifest(dir: &Location) -> Result<Manifest, StoreError> {
 /// # Errors
 /// Store errors; the checkpoint is then not committed.
 pub fn write_manifest(root: &Location, m: &Manifest) -> Result<(), StoreError> {
-    root.join(&step_dir(m.step))
-        .join("manifest.json")
-        .put(serde_json::to_vec_pretty(m).expect("manifest serialises"))
+    rewrite_manifest(&root.join(&step_dir(m.step)), m)
 }
 
 /// Commits a checkpoint: writes its manifest, then moves `latest` to it.
@@ -82,14 +95,15 @@ pub fn folder_at(loc: &Location) -> Result<Location, StoreError> {
     }
 }
 
-/// Replaces the manifest of a committed checkpoint folder (to add eval results): one atomic
-/// put, so readers see the old or the new manifest, never neither.
+/// Writes (or replaces, to add eval results) the manifest of a checkpoint folder, sealed with
+/// its own hash: one atomic put, so readers see the old or the new manifest, never neither.
 ///
 /// # Errors
 /// Store errors.
 pub fn rewrite_manifest(dir: &Location, m: &Manifest) -> Result<(), StoreError> {
+    let sealed = m.clone().sealed();
     dir.join("manifest.json")
-        .put(serde_json::to_vec_pretty(m).expect("manifest serialises"))
+        .put(serde_json::to_vec_pretty(&sealed).expect("manifest serialises"))
 }
 
 /// Returns the steps that have a checkpoint folder (committed or not), ascending.
@@ -128,25 +142,78 @@ pub fn latest(root: &Location) -> Result<Option<u64>, StoreError> {
         })
 }
 
-/// Checks every shard's size and sha256 against the manifest.
+/// Reads one shard of a checked manifest and checks its size and sha256 before anything else.
 ///
 /// # Errors
-/// The first missing or mismatching shard ([`StoreError::HashMismatch`], naming it and both
-/// hashes), or a store error while reading.
+/// [`StoreError::HashMismatch`] naming the shard and both hashes, or a store error.
+pub fn read_shard(
+    dir: &Location,
+    s: &elf_shared::manifest::ShardEntry,
+) -> Result<bytes::Bytes, StoreError> {
+    let loc = dir.join(&s.file);
+    let bytes = loc.read_all()?;
+    let got = hex::encode(Sha256::digest(&bytes));
+    if bytes.len() as u64 != s.size || got != s.sha256 {
+        return Err(StoreError::HashMismatch {
+            name: loc.display(),
+            got,
+            got_size: bytes.len() as u64,
+            want: s.sha256.clone(),
+            want_size: s.size,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Verifies a committed checkpoint whole: every shard's size and sha256, every piece of every
+/// shard against the tensor index, every element finite, and (format 2) the live parameters'
+/// digest against the one recorded at commit. Memory: one shard at a time.
+///
+/// # Errors
+/// The first missing or mismatching shard ([`StoreError::HashMismatch`]), a piece that does not
+/// fit the index, a non-finite element or a digest mismatch ([`StoreError::Malformed`], naming
+/// the file, the tensor and the step), or a store error while reading.
 pub fn verify(dir: &Location, m: &Manifest) -> Result<(), StoreError> {
+    let params = m.params_len();
+    let mut digest = Sha256::new();
     for s in &m.shards {
-        let loc = dir.join(&s.file);
-        let bytes = loc.read_all()?;
-        let got = hex::encode(Sha256::digest(&bytes));
-        if bytes.len() as u64 != s.size || got != s.sha256 {
-            return Err(StoreError::HashMismatch {
-                name: loc.display(),
-                got,
-                got_size: bytes.len() as u64,
-                want: s.sha256.clone(),
-                want_size: s.size,
-            });
+        let bytes = read_shard(dir, s)?;
+        let name = dir.join(&s.file).display();
+        let bad = |message: String| StoreError::Malformed {
+            name: name.clone(),
+            message,
+        };
+        let mut pieces: Vec<(u64, bytes::Bytes)> = Vec::new();
+        let base = bytes.as_ptr() as usize;
+        decode_shard(m, s, &bytes, &mut |at, data| {
+            let from = data.as_ptr() as usize - base;
+            pieces.push((at, bytes.slice(from..from + data.len())));
+        })
+        .map_err(&bad)?;
+        for (at, data) in &pieces {
+            if let Some((i, v)) = first_non_finite(data) {
+                let at = at + i as u64;
+                return Err(bad(format!(
+                    "element {at} (tensor {}) of step {} is {v}: a checkpoint must be finite",
+                    tensor_at(&m.tensors, at),
+                    m.step
+                )));
+            }
+            if *at < params {
+                let n = ((params - at) as usize * 4).min(data.len());
+                digest.update(&data[..n]);
+            }
         }
+    }
+    let got = hex::encode(digest.finalize());
+    if m.format >= 2 && got != m.param_digest {
+        return Err(StoreError::Malformed {
+            name: dir.join("manifest.json").display(),
+            message: format!(
+                "the parameters of step {} hash to {got} but the manifest recorded {:?} at commit",
+                m.step, m.param_digest
+            ),
+        });
     }
     Ok(())
 }

@@ -6,9 +6,8 @@
 //! file of named tensors; a tensor cut by a shard boundary appears as the flat piece
 //! `<name>@<first>:<end>` (element offsets within the tensor).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use elf_model::weights::{TensorFile, WeightError};
 use elf_shared::manifest::{Manifest, ShardEntry, TensorEntry};
 use elf_store::{Location, StoreError};
 use sha2::{Digest, Sha256};
@@ -30,9 +29,6 @@ pub enum CheckpointError {
         #[source]
         source: Box<StoreError>,
     },
-    /// A shard's safetensors content does not parse.
-    #[error(transparent)]
-    Tensors(#[from] WeightError),
     /// A piece of a shard does not fit the manifest's index.
     #[error("{shard}: {message}")]
     Piece {
@@ -206,61 +202,52 @@ pub fn write_shard(
     })
 }
 
-/// Reads every shard of a committed checkpoint, checks its size and sha256, and returns the
-/// flat state.
+/// Reads every shard of a committed (and checked, see
+/// [`elf_store::checkpoints::read_manifest`]) checkpoint into the flat state, checking first
+/// that its tensor index is `expected` (the model's own: names, shapes, offsets), so nothing is
+/// allocated for a state the model cannot hold, then every shard's size and sha256 and every
+/// piece against the index.
 ///
 /// # Errors
-/// A missing shard, or one whose size or hash differs from the manifest (naming both).
-pub fn read_state(dir: &Location, m: &Manifest) -> Result<Vec<f32>, CheckpointError> {
-    let by_name: HashMap<&str, &TensorEntry> =
-        m.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+/// An index that is not the model's (naming the first differing tensor), a missing shard, one
+/// whose size or hash differs from the manifest (naming both), or a piece that does not fit.
+pub fn read_state(
+    dir: &Location,
+    m: &Manifest,
+    expected: &[TensorEntry],
+) -> Result<Vec<f32>, CheckpointError> {
+    let manifest = dir.join("manifest.json").display();
+    let index_error = |message: String| CheckpointError::Piece {
+        shard: manifest.clone(),
+        message,
+    };
+    m.check(None).map_err(&index_error)?;
+    if let Some((got, want)) = m.tensors.iter().zip(expected).find(|(a, b)| a != b) {
+        return Err(index_error(format!(
+            "tensor {} (shape {:?} at element {}) is not the model's {} (shape {:?} at element {})",
+            got.name, got.shape, got.offset, want.name, want.shape, want.offset
+        )));
+    }
+    if m.tensors.len() != expected.len() {
+        return Err(index_error(format!(
+            "the checkpoint indexes {} tensors, the model has {}",
+            m.tensors.len(),
+            expected.len()
+        )));
+    }
     let mut out = vec![0f32; m.numel as usize];
     for s in &m.shards {
-        let loc = dir.join(&s.file);
-        let shard = loc.display();
-        let bytes = loc.read_all()?;
-        let got = sha256(&bytes);
-        if bytes.len() as u64 != s.size || got != s.sha256 {
-            return Err(StoreError::HashMismatch {
-                name: shard,
-                got,
-                got_size: bytes.len() as u64,
-                want: s.sha256.clone(),
-                want_size: s.size,
+        let bytes = elf_store::checkpoints::read_shard(dir, s)?;
+        elf_shared::manifest::decode_shard(m, s, &bytes, &mut |at, data| {
+            let dst = &mut out[at as usize..at as usize + data.len() / 4];
+            for (d, c) in dst.iter_mut().zip(data.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
-            .into());
-        }
-        let f = TensorFile::from_bytes(std::path::Path::new(&shard), bytes.to_vec())?;
-        let bad = |message: String| CheckpointError::Piece {
-            shard: shard.clone(),
+        })
+        .map_err(|message| CheckpointError::Piece {
+            shard: dir.join(&s.file).display(),
             message,
-        };
-        for name in f.names() {
-            let (base, lo, hi) = match name.split_once('@') {
-                Some((b, r)) => {
-                    let range = r
-                        .split_once(':')
-                        .and_then(|(a, z)| Some((a.parse::<u64>().ok()?, z.parse::<u64>().ok()?)));
-                    let (a, z) = range.ok_or_else(|| bad(format!("bad piece name {name}")))?;
-                    (b.to_string(), a, z)
-                }
-                None => (
-                    name.clone(),
-                    0,
-                    by_name.get(name.as_str()).map_or(0, |t| t.numel()),
-                ),
-            };
-            let t = by_name
-                .get(base.as_str())
-                .ok_or_else(|| bad(format!("tensor {base} is not in the manifest")))?;
-            let shape = f.shape(&name)?;
-            let v = f.get_f32(&name, &shape)?;
-            if v.len() as u64 != hi - lo || hi > t.numel() {
-                return Err(bad(format!("piece {name} has {} elements", v.len())));
-            }
-            let at = (t.offset + lo) as usize;
-            out[at..at + v.len()].copy_from_slice(&v);
-        }
+        })?;
     }
     Ok(out)
 }
@@ -268,6 +255,7 @@ pub fn read_state(dir: &Location, m: &Manifest) -> Result<Vec<f32>, CheckpointEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use elf_model::weights::TensorFile;
     use elf_shared::manifest::{shard_file, shard_range};
 
     fn state() -> (Vec<TensorEntry>, Vec<f32>) {
@@ -324,6 +312,8 @@ mod tests {
             seed: 0,
             metrics: serde_json::Value::Null,
             eval: serde_json::Value::Null,
+            param_digest: String::new(),
+            manifest_sha256: String::new(),
         }
     }
 
@@ -333,7 +323,11 @@ mod tests {
         for world in [1u32, 2, 3, 5] {
             let dir = Location::Local(tmp.path().join(format!("w{world}")));
             let m = write_all(&dir, world);
-            assert_eq!(read_state(&dir, &m).unwrap(), state().1, "world {world}");
+            assert_eq!(
+                read_state(&dir, &m, &m.tensors).unwrap(),
+                state().1,
+                "world {world}"
+            );
         }
         // A one-rank shard is plain named tensors with their shapes.
         let f = TensorFile::open(&tmp.path().join("w1").join(shard_file(0, 1))).unwrap();
@@ -350,7 +344,7 @@ mod tests {
         let last = b.len() - 1;
         b[last] ^= 1;
         std::fs::write(&p, b).unwrap();
-        let e = read_state(&dir, &m).unwrap_err().to_string();
+        let e = read_state(&dir, &m, &m.tensors).unwrap_err().to_string();
         assert!(
             e.contains("shard-00001-of-00002.safetensors")
                 && e.contains("hash mismatch")

@@ -175,7 +175,11 @@ impl Client {
             url: url.to_string(),
             message,
         };
-        let mut endpoint = Channel::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+        let mut endpoint = Channel::from_shared(url.to_string())
+            .map_err(|e| bad(e.to_string()))?
+            .http2_keep_alive_interval(elf_protocol::GRPC_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(elf_protocol::GRPC_KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let host = endpoint.uri().host().unwrap_or_default().to_string();
         if let Some(tls) = security.client_tls(&host) {
             if !url.starts_with("https://") {
@@ -207,7 +211,9 @@ impl Client {
                 Ok(channel) => {
                     return Ok(Self {
                         url: url.to_string(),
-                        inner: CoordinatorClient::new(channel),
+                        inner: CoordinatorClient::new(channel)
+                            .max_decoding_message_size(elf_protocol::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(elf_protocol::MAX_MESSAGE_BYTES),
                         token,
                     });
                 }

@@ -61,8 +61,7 @@ pub fn load<B: AutodiffBackend>(url: &str, device: &B::Device) -> anyhow::Result
     let vocab = tokenizer.vocab_size();
     let encoder = load_encoder::<B::InnerBackend>(&rc, device)?;
     let mut tr = Replica::<B>::new(c.clone(), encoder, vocab, device.clone());
-    let state = crate::checkpoint::read_state(&dir, &manifest)?;
-    tr.restore(&manifest.tensors, &state, manifest.optimizer_count)?;
+    tr.load(&dir, &manifest)?;
     let collator = Collator::from_config(c, vocab);
     Ok(Loaded {
         ema: tr.ema.clone(),

@@ -216,8 +216,14 @@ impl<B: AutodiffBackend> Replica<B> {
 
     /// Clips the (rank-summed) gradient, accumulates `grad_accum_steps` of them, and when due
     /// runs the optimiser with learning rate `lr` and the EMA.
-    pub fn apply(&mut self, mut grads: Vec<f32>, lr: f64) -> Applied {
+    ///
+    /// # Errors
+    /// A non-finite gradient norm (returned): nothing is changed, not even the accumulator.
+    pub fn apply(&mut self, mut grads: Vec<f32>, lr: f64) -> Result<Applied, f64> {
         let grad_norm = clip_global_norm(&mut grads, 1.0);
+        if !grad_norm.is_finite() {
+            return Err(grad_norm);
+        }
         let k = self.config.grad_accum_steps;
         if k > 1 {
             if self.accum.is_empty() {
@@ -230,11 +236,11 @@ impl<B: AutodiffBackend> Replica<B> {
                 .for_each(|(a, g)| *a += g * inv);
             self.accum_count += 1;
             if self.accum_count < k {
-                return Applied {
+                return Ok(Applied {
                     grad_norm,
                     lr,
                     stepped: false,
-                };
+                });
             }
             grads = std::mem::take(&mut self.accum);
             self.accum_count = 0;
@@ -262,11 +268,11 @@ impl<B: AutodiffBackend> Replica<B> {
             j += 1;
             ema_update(old, new[j - 1].clone(), decay)
         });
-        Applied {
+        Ok(Applied {
             grad_norm,
             lr,
             stepped: true,
-        }
+        })
     }
 
     /// Copies the whole training state to host memory as one flat vector with its index:
@@ -422,6 +428,32 @@ impl<B: AutodiffBackend> Replica<B> {
         Ok(())
     }
 
+    /// Loads a committed checkpoint folder `dir` with its (checked) manifest `m`: its index must
+    /// be this model's, every shard must verify, and (format 2) the loaded parameters must hash
+    /// to the digest recorded at commit.
+    ///
+    /// # Errors
+    /// The first of those that fails, naming the file.
+    pub fn load(
+        &mut self,
+        dir: &elf_store::Location,
+        m: &elf_shared::manifest::Manifest,
+    ) -> anyhow::Result<()> {
+        let index = self.snapshot_range(0, 0, Vec::new()).0;
+        let state = crate::checkpoint::read_state(dir, m, &index)?;
+        self.restore(&m.tensors, &state, m.optimizer_count)?;
+        let got = self.param_digest();
+        if m.format >= 2 && got != m.param_digest {
+            anyhow::bail!(
+                "{}: the loaded parameters of step {} hash to {got} but the manifest recorded {:?} at commit",
+                dir.join("manifest.json").display(),
+                m.step,
+                m.param_digest
+            );
+        }
+        Ok(())
+    }
+
     /// Returns the sha256 of the live parameters' bytes (equal on every replica at every step).
     pub fn param_digest(&self) -> String {
         digest::<B::InnerBackend, _>(&self.model.valid())
@@ -520,7 +552,7 @@ mod tests {
             a.param_digest(),
             digest::<elf_model::backend::Cpu, _>(&a.ema),
         );
-        let first = a.apply(g1.clone(), 0.01);
+        let first = a.apply(g1.clone(), 0.01).unwrap();
         assert!(!first.stepped);
         assert_eq!(a.param_digest(), p0, "no update before the k-th micro step");
         assert_eq!(
@@ -528,9 +560,9 @@ mod tests {
             e0,
             "EMA moves on optimiser steps only"
         );
-        assert!(a.apply(g2.clone(), 0.01).stepped);
+        assert!(a.apply(g2.clone(), 0.01).unwrap().stepped);
         let avg: Vec<f32> = g1.iter().zip(&g2).map(|(x, y)| x * 0.5 + y * 0.5).collect();
-        assert!(b.apply(avg, 0.01).stepped);
+        assert!(b.apply(avg, 0.01).unwrap().stepped);
         assert_eq!(a.param_digest(), b.param_digest());
         assert_eq!(
             digest::<elf_model::backend::Cpu, _>(&a.ema),

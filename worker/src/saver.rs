@@ -132,9 +132,21 @@ impl Upload {
         let (a, b) = shard_range(numel, self.rank as u64, self.world as u64);
         let file = shard_file(self.rank, self.world);
         elf_shared::failpoint::delay("upload");
-        let written = Location::parse(&self.dir)
-            .map_err(crate::checkpoint::CheckpointError::from)
-            .and_then(|dir| write_shard(&dir, &file, &tensors, &data, a, b, self.retries));
+        let written = match data.iter().position(|v| !v.is_finite()) {
+            // A non-finite state is never saved: the save fails, so it is never committed.
+            Some(i) => Err(crate::checkpoint::CheckpointError::Piece {
+                shard: file.clone(),
+                message: format!(
+                    "element {} (tensor {}) is {}: a non-finite state is not saved",
+                    a + i as u64,
+                    elf_shared::manifest::tensor_at(&tensors, a + i as u64),
+                    data[i]
+                ),
+            }),
+            None => Location::parse(&self.dir)
+                .map_err(crate::checkpoint::CheckpointError::from)
+                .and_then(|dir| write_shard(&dir, &file, &tensors, &data, a, b, self.retries)),
+        };
         let outcome = match written {
             Ok(entry) => ShardOutcome::Uploaded {
                 entry,

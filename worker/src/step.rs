@@ -115,7 +115,17 @@ impl StepRunner {
                 return (failed(e.to_string()), timings);
             }
         };
-        let applied = replica.apply(grads, t.lr);
+        // Every rank sees the same summed loss and gradient, so every rank decides alike.
+        let (grad_norm, non_finite) = match non_finite_loss(ce, l2) {
+            Some(why) => (f64::NAN, why),
+            None => match replica.apply(grads, t.lr) {
+                Ok(a) => (a.grad_norm, String::new()),
+                Err(norm) => (norm, format!("the gradient norm is {norm}")),
+            },
+        };
+        if !non_finite.is_empty() {
+            tracing::error!(step = t.step.0, why = %non_finite, "non-finite step: nothing applied");
+        }
         let (ce_loss, l2_loss) = LossParts { loss, ce, l2 }.rescaled(replica.config.decoder_prob);
         timings.allreduce_seconds = traffic.seconds;
         timings.allreduce_bytes = traffic.bytes_sent;
@@ -124,8 +134,9 @@ impl StepRunner {
             loss,
             ce_loss,
             l2_loss,
-            grad_norm: applied.grad_norm,
+            grad_norm,
             param_digest: replica.param_digest(),
+            non_finite,
         });
         (outcome, timings)
     }
@@ -163,5 +174,32 @@ impl StepRunner {
         };
         self.ring = Some((t.quorum, coll));
         Ok(())
+    }
+}
+
+/// Says which branch's summed loss is not finite, if one is (the CE part comes from the decoder
+/// branch's shards, the L2 part from the denoiser's).
+fn non_finite_loss(ce: f64, l2: f64) -> Option<String> {
+    let bad: Vec<String> = [("decoder branch (CE)", ce), ("denoiser branch (L2)", l2)]
+        .into_iter()
+        .filter(|(_, v)| !v.is_finite())
+        .map(|(b, v)| format!("the loss of the {b} is {v}"))
+        .collect();
+    (!bad.is_empty()).then(|| bad.join(" and "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_non_finite_loss_names_its_branch() {
+        assert_eq!(super::non_finite_loss(0.5, 1.0), None);
+        assert_eq!(
+            super::non_finite_loss(f64::NAN, 1.0).unwrap(),
+            "the loss of the decoder branch (CE) is NaN"
+        );
+        assert_eq!(
+            super::non_finite_loss(0.1, f64::INFINITY).unwrap(),
+            "the loss of the denoiser branch (L2) is inf"
+        );
     }
 }

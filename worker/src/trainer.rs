@@ -155,8 +155,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             if let Some(url) = &session.admission.resume_from {
                 let dir = Location::parse(url)?;
                 let m = elf_store::checkpoints::read_manifest(&dir)?;
-                let state = crate::checkpoint::read_state(&dir, &m)?;
-                replica.restore(&m.tensors, &state, m.optimizer_count)?;
+                replica.load(&dir, &m)?;
                 tracing::info!(checkpoint = %url, step = m.step, written_by = m.world_size, "state loaded");
             }
             Ok((data, replica))
@@ -231,8 +230,13 @@ impl<B: AutodiffBackend> Trainer<B> {
                         });
                     self.report_transfer(step, true, sent.err().map(|e| e.to_string()))?;
                 }
-                Directive::ReceiveState { step, from, key } => {
-                    if self.receive_state(step, &from, &key)? {
+                Directive::ReceiveState {
+                    step,
+                    from,
+                    key,
+                    param_digest,
+                } => {
+                    if self.receive_state(step, &from, &key, &param_digest)? {
                         after = step.previous();
                     }
                 }
@@ -292,18 +296,37 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(applied)
     }
 
-    /// Loads the state a donor sends for `step`; returns whether it was loaded.
-    fn receive_state(&mut self, step: Step, from: &str, key: &str) -> anyhow::Result<bool> {
+    /// Loads the state a donor sends for `step`, which must hash to `digest` (when known);
+    /// returns whether it was loaded.
+    fn receive_state(
+        &mut self,
+        step: Step,
+        from: &str,
+        key: &str,
+        digest: &str,
+    ) -> anyhow::Result<bool> {
         let timeout = self.runner.timeout();
+        let index = self.replica.snapshot_range(0, 0, Vec::new()).0;
         let received = crate::peer_auth::key(key)
             .map_err(|e| crate::transfer::TransferError::Setup(std::io::Error::other(e)))
-            .and_then(|k| crate::transfer::receive(&self.session.listener, step.0, &k, timeout));
+            .and_then(|k| {
+                crate::transfer::receive(&self.session.listener, step.0, &k, &index, timeout)
+            });
         let error = match received {
-            Ok(st) => self
+            Ok(st) => match self
                 .replica
                 .restore(&st.tensors, &st.data, st.optimizer_count)
-                .err()
-                .map(|e| e.to_string()),
+            {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if !digest.is_empty() && self.replica.param_digest() != digest => {
+                    Some(format!(
+                        "the state copied from {from} hashes to {} but the run's step {} is {digest}",
+                        self.replica.param_digest(),
+                        step.0.saturating_sub(1)
+                    ))
+                }
+                Ok(()) => None,
+            },
             Err(e) => Some(e.to_string()),
         };
         let ok = error.is_none();

@@ -60,6 +60,14 @@ pub enum TransferError {
         #[source]
         source: serde_json::Error,
     },
+    /// The donor announced a state that is not this model's (checked before it is read).
+    #[error("donor {addr}: {message}; the stream was closed before any tensor byte was read")]
+    NotThisModel {
+        /// The donor.
+        addr: String,
+        /// What differs.
+        message: String,
+    },
     /// Setting up the listener failed.
     #[error("state copy setup: {0}")]
     Setup(#[source] std::io::Error),
@@ -127,7 +135,9 @@ pub fn send(
     Ok(())
 }
 
-/// Receives the state for step `step` on `listener` (ignoring stray connections).
+/// Receives the state for step `step` on `listener` (ignoring stray connections). `expected`
+/// is this model's own index: every announced length is checked against it before anything of
+/// that length is allocated or read.
 ///
 /// # Errors
 /// No donor within `timeout`, or a truncated or mismatched stream.
@@ -135,8 +145,11 @@ pub fn receive(
     listener: &TcpListener,
     step: u64,
     key: &[u8],
+    expected: &[TensorEntry],
     timeout: Duration,
 ) -> Result<State, TransferError> {
+    let want_index = serde_json::to_vec(expected).expect("index serialises");
+    let want_numel = expected.last().map_or(0, |t| t.offset + t.numel());
     let deadline = Instant::now() + timeout;
     listener
         .set_nonblocking(true)
@@ -178,15 +191,36 @@ pub fn receive(
                     continue;
                 }
                 let optimizer_count = u(&mut s)?;
-                let mut index = vec![0u8; u(&mut s)? as usize];
+                let not_this_model = |message: String| TransferError::NotThisModel {
+                    addr: addr.clone(),
+                    message,
+                };
+                let len = u(&mut s)?;
+                if len != want_index.len() as u64 {
+                    return Err(not_this_model(format!(
+                        "announced a {len}-byte tensor index, this model's is {} bytes",
+                        want_index.len()
+                    )));
+                }
+                let mut index = vec![0u8; len as usize];
                 s.read_exact(&mut index).map_err(io)?;
                 let tensors: Vec<TensorEntry> =
                     serde_json::from_slice(&index).map_err(|source| TransferError::BadIndex {
                         addr: addr.clone(),
                         source,
                     })?;
-                let n = u(&mut s)? as usize;
-                let mut data = vec![0f32; n];
+                if tensors != expected {
+                    return Err(not_this_model(
+                        "sent a tensor index that is not this model's".into(),
+                    ));
+                }
+                let n = u(&mut s)?;
+                if n != want_numel {
+                    return Err(not_this_model(format!(
+                        "announced {n} elements, this model's state has {want_numel}"
+                    )));
+                }
+                let mut data = vec![0f32; n as usize];
                 s.read_exact(bytemuck::cast_slice_mut(&mut data))
                     .map_err(io)?;
                 return Ok(State {
@@ -225,7 +259,7 @@ mod tests {
         let (t2, d2) = (tensors.clone(), data.clone());
         let a = addr.clone();
         let h = std::thread::spawn(move || send(&a, 7, b"k", &t2, &d2, 3, Duration::from_secs(5)));
-        let st = receive(&l, 7, b"k", Duration::from_secs(5)).unwrap();
+        let st = receive(&l, 7, b"k", &tensors, Duration::from_secs(5)).unwrap();
         h.join().unwrap().unwrap();
         assert_eq!(
             (st.tensors, st.data, st.optimizer_count),
@@ -233,28 +267,83 @@ mod tests {
         );
         let (t3, d3, a3) = (tensors.clone(), data.clone(), addr.clone());
         let h = std::thread::spawn(move || send(&a3, 8, b"k", &t3, &d3, 3, Duration::from_secs(5)));
-        let e = receive(&l, 7, b"k", Duration::from_secs(5))
+        let e = receive(&l, 7, b"k", &tensors, Duration::from_secs(5))
             .unwrap_err()
             .to_string();
         assert!(e.contains("step 8, expected 7"), "{e}");
         let _ = h.join();
         // A sender without the copy's key is dropped unread: the joiner waits on for the
         // donor (here: until its timeout).
+        let t4 = tensors.clone();
         let h = std::thread::spawn(move || {
-            send(
-                &addr,
-                7,
-                b"forged",
-                &tensors,
-                &data,
-                3,
-                Duration::from_secs(5),
-            )
+            send(&addr, 7, b"forged", &t4, &data, 3, Duration::from_secs(5))
         });
-        let e = receive(&l, 7, b"k", Duration::from_millis(1500))
+        let e = receive(&l, 7, b"k", &tensors, Duration::from_millis(1500))
             .unwrap_err()
             .to_string();
         assert!(e.contains("no donor") || e.contains("within"), "{e}");
         let _ = h.join();
+    }
+
+    /// A donor holding the copy's key that announces a huge or foreign state is refused
+    /// before anything of the announced size is allocated or read.
+    #[test]
+    fn announced_sizes_are_checked_against_the_model_before_any_allocation() {
+        let tensors = vec![TensorEntry {
+            name: "params/w".into(),
+            shape: vec![2, 3],
+            offset: 0,
+        }];
+        let index = serde_json::to_vec(&tensors).unwrap();
+        let cases: [(u64, Vec<u8>, u64, &str); 3] = [
+            (
+                1 << 62,
+                index.clone(),
+                6,
+                "announced a 4611686018427387904-byte tensor index",
+            ),
+            (
+                index.len() as u64,
+                index.clone(),
+                1 << 62,
+                "announced 4611686018427387904 elements",
+            ),
+            (
+                index.len() as u64,
+                index
+                    .iter()
+                    .map(|&b| if b == b'w' { b'v' } else { b })
+                    .collect(),
+                6,
+                "not this model's",
+            ),
+        ];
+        for (len, index, n, says) in cases {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let h = std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let mut hello = MAGIC.to_vec();
+                hello.extend_from_slice(&7u64.to_le_bytes());
+                s.write_all(&hello).unwrap();
+                crate::peer_auth::prove(&mut s, b"k", &hello).unwrap();
+                let mut head = 3u64.to_le_bytes().to_vec();
+                head.extend_from_slice(&len.to_le_bytes());
+                if len < 1 << 20 {
+                    head.extend_from_slice(&index);
+                    head.extend_from_slice(&n.to_le_bytes());
+                }
+                let _ = s.write_all(&head);
+                let _ = s.read(&mut [0u8; 1]);
+            });
+            let e = receive(&l, 7, b"k", &tensors, Duration::from_secs(5))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(says) && e.contains("before any tensor byte"),
+                "{e}"
+            );
+            h.join().unwrap();
+        }
     }
 }

@@ -26,7 +26,7 @@ pub fn bench_checkpoint(dir: Option<PathBuf>, no_step: bool) -> anyhow::Result<(
         let mb = micro_batch(&c, Branch::Denoiser, 0, elf_model::dims::T5_VOCAB as u32);
         let t0 = Instant::now();
         let (g, _) = tr.gradients(std::slice::from_ref(&mb));
-        tr.apply(g, 1e-3);
+        tr.apply(g, 1e-3).expect("a finite step");
         Some(t0.elapsed().as_secs_f64() * 1e3)
     };
     // What the step loop pays: the host snapshot. The first one into a fresh allocation (page

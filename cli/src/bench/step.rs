@@ -34,7 +34,7 @@ where
         let mb = micro_batch(&c, branch, i, vocab as u32);
         let t0 = Instant::now();
         let (g, _) = tr.gradients(std::slice::from_ref(&mb));
-        tr.apply(g, 1e-3);
+        tr.apply(g, 1e-3).expect("a finite step");
         t0.elapsed().as_secs_f64() * 1e3
     };
     // Untimed warm-up: one of each branch, as the anchor does.

@@ -22,6 +22,8 @@ pub struct Transfer {
     pub step: Step,
     /// The donor reported its side done.
     pub sent: bool,
+    /// The joiner reported the state loaded (it enters a quorum once the donor reported too).
+    pub received: bool,
 }
 
 impl Model {
@@ -48,6 +50,7 @@ impl Model {
             donor: q.ranks[0].clone(),
             step: self.round.step,
             sent: false,
+            received: false,
         });
     }
 
@@ -63,13 +66,14 @@ impl Model {
     /// The directive of a worker while a copy is in progress (`None`: no copy).
     pub(super) fn transfer_directive(&self, w: &WorkerId) -> Option<Directive> {
         let t = self.transfer.as_ref()?;
-        Some(if w == &t.joiner {
+        Some(if w == &t.joiner && !t.received {
             Directive::ReceiveState {
                 step: t.step,
                 from: self.members.addr(&t.donor),
                 key: self
                     .settings
                     .key(&format!("transfer {} {}", t.step, t.joiner)),
+                param_digest: self.last_digest.clone(),
             }
         } else if w == &t.donor && !t.sent {
             Directive::SendState {
@@ -111,8 +115,14 @@ impl Model {
             }));
             return Reply::Accepted;
         }
+        // Admitted only once both sides said the copy is whole: a joiner's word alone (or a
+        // copy whose donor failed) never enters a quorum.
         if r.sender {
             t.sent = true;
+        } else {
+            t.received = true;
+        }
+        if !(t.sent && t.received) {
             return Reply::Accepted;
         }
         let (joiner, step) = (t.joiner.clone(), t.step);

@@ -29,6 +29,8 @@ pub struct Member {
     pub step: Option<Step>,
     /// Holds the run's current state (see the module doc).
     pub synced: bool,
+    /// It loaded the run's start state when it registered (no step was handed out yet).
+    pub start_state: bool,
 }
 
 /// The workers training together, in rank order.
@@ -82,8 +84,9 @@ impl Default for Membership {
 }
 
 impl Membership {
-    /// Admits a worker (or re-admits one with the same id).
-    pub fn admit(&mut self, now: Instant, r: &Registration, synced: bool) {
+    /// Admits a worker (or re-admits one with the same id); `start_state`: it loads the run's
+    /// start state.
+    pub fn admit(&mut self, now: Instant, r: &Registration, synced: bool, start_state: bool) {
         self.members.insert(
             r.worker.clone(),
             Member {
@@ -93,8 +96,19 @@ impl Membership {
                 last_seen: now,
                 step: None,
                 synced,
+                start_state,
             },
         );
+    }
+
+    /// Marks synced every training worker that loaded the start state (valid while no step
+    /// has been committed).
+    pub fn sync_start_state_holders(&mut self) {
+        for m in self.members.values_mut() {
+            if m.role == Role::Train && m.start_state {
+                m.synced = true;
+            }
+        }
     }
 
     /// Records that `w` was heard from; false for an unknown worker.

@@ -80,6 +80,9 @@ pub struct Settings {
     /// This coordinator's secret (random per process), from which the keys of rings and state
     /// copies derive.
     pub secret: String,
+    /// Steps with a non-finite loss or gradient norm that may be skipped before the run fails
+    /// (`train.skip_nonfinite`; 0 fails at the first).
+    pub skip_nonfinite: u32,
 }
 
 impl Settings {
@@ -330,6 +333,12 @@ pub struct Model {
     /// Attempts of the current step redone because nobody could all-reduce it, and the last
     /// collective error (see [`steps::MAX_REDOS`]).
     redos: (u32, Option<String>),
+    /// Steps skipped for a non-finite loss or gradient norm.
+    skipped: u32,
+    /// The parameter digest of the last step this process committed (what a copy must hold).
+    last_digest: String,
+    /// Reports refused because their sender does not hold what they are about.
+    refused_reports: u64,
     /// Filled while one input is handled, drained into its [`Output`].
     reasons: Vec<String>,
     effects: Vec<Effect>,
@@ -356,6 +365,9 @@ impl Model {
             terminated: false,
             committed_any: false,
             redos: (0, None),
+            skipped: 0,
+            last_digest: String::new(),
+            refused_reports: 0,
             reasons: vec![],
             effects: vec![],
             settings,
@@ -382,10 +394,7 @@ impl Model {
                 }
             }
             Input::ReportStep(r) => self.report_step(now, r),
-            Input::ReportShard(r) => {
-                self.report_shard(r);
-                Reply::Accepted
-            }
+            Input::ReportShard(r) => self.report_shard(r),
             Input::ReportEval(r) => self.report_eval(r),
             Input::ReportTransfer(r) => self.report_transfer(r),
             Input::ManifestWritten(m) => {
@@ -484,8 +493,13 @@ impl Model {
             return Reply::Refused(Refusal::RunFailed(why.clone()));
         }
         // A training worker arriving while the run trains waits as a standby until a live
-        // peer's state is copied to it (at a step boundary); then it enters the quorum.
+        // peer's state is copied to it (at a step boundary); then it enters the quorum. Until
+        // this coordinator hands out a step, the start state (checkpoint or initialisation)
+        // is the run's state: it loads it, and can take the slot of a member lost before any
+        // step was trained.
         let synced = self.phase == Phase::Forming;
+        let start_state = synced
+            || (self.phase == Phase::Running && !self.committed_any && !self.round.handed_any());
         if self
             .transfer
             .as_ref()
@@ -514,9 +528,9 @@ impl Model {
             device: r.device.clone(),
             addr: r.collective_addr.clone(),
         }));
-        self.members.admit(now, &r, synced);
+        self.members.admit(now, &r, synced, start_state);
         Reply::Admitted {
-            load_checkpoint: synced,
+            load_checkpoint: start_state,
         }
     }
 
@@ -694,6 +708,8 @@ impl Model {
                 .collect(),
             evals_outstanding: self.evals.outstanding(),
             worker_errors: self.leaves.errors(),
+            skipped_steps: self.skipped,
+            refused_reports: self.refused_reports,
             ..RunStatus::default()
         }
     }

@@ -10,8 +10,10 @@ use elf_shared::ids::{QuorumId, Step, WorkerId};
 use elf_shared::manifest::ShardEntry;
 use elf_shared::messages::{ShardOutcome, ShardReport, StateIndex};
 
+use super::membership::Quorum;
 use super::steps::Commit;
-use super::{Effect, Event, ManifestWritten, Model};
+use super::{Effect, Event, ManifestWritten, Model, Reply};
+use crate::refusal::Refusal;
 
 /// A save whose shards and step are all in: the driver writes its manifest.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,15 +222,44 @@ impl Saves {
     }
 }
 
+impl Saves {
+    /// Returns the quorum `q` that committed the pending save of `step`, if it did.
+    fn committed_by(&self, step: Step, q: QuorumId) -> Option<&Quorum> {
+        self.pending
+            .get(&step)
+            .and_then(|p| p.commit.as_ref())
+            .map(|c| &c.quorum)
+            .filter(|c| c.id == q)
+    }
+}
+
 impl Model {
-    /// Takes a shard report.
-    pub(super) fn report_shard(&mut self, r: ShardReport) {
+    /// Takes a shard report: only from the registered worker that holds the rank it names in
+    /// the quorum it names (the current one, or the one that committed the step); anything
+    /// else is refused and counted, and changes nothing.
+    pub(super) fn report_shard(&mut self, r: ShardReport) -> Reply {
+        let holds = |q: &Quorum| {
+            q.ranks.len() as u32 == r.world_size && q.ranks.get(r.rank as usize) == Some(&r.worker)
+        };
+        let member = self.members.contains(&r.worker)
+            && (self.quorum().is_some_and(|q| q.id == r.quorum && holds(q))
+                || self.saves.committed_by(r.step, r.quorum).is_some_and(holds));
+        if !member {
+            self.refused_reports += 1;
+            return Reply::Refused(Refusal::NotMember {
+                worker: r.worker,
+                step: r.step,
+                quorum: r.quorum,
+                rank: r.rank,
+            });
+        }
         if let Some(reason) = self.saves.shard(r) {
             self.reasons.push(reason.clone());
             self.effects
                 .push(Effect::Event(Event::CheckpointFailed { reason }));
         }
         self.write_complete_saves();
+        Reply::Accepted
     }
 
     /// Hands every complete save to the driver.

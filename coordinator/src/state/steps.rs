@@ -197,9 +197,30 @@ impl Model {
             ));
             return false;
         }
+        if let Some(why) = reports[0]
+            .applied()
+            .map(|a| &a.non_finite)
+            .filter(|w| !w.is_empty())
+        {
+            // Nothing was applied anywhere (every rank saw the same sums): the state is the
+            // one before the step, and the policy decides whether its batch is dropped.
+            self.skipped += 1;
+            let allowed = self.settings.skip_nonfinite;
+            if self.skipped > allowed {
+                self.phase = Phase::Failed(format!(
+                    "step {step}: {why}; nothing was applied (train.skip_nonfinite is {allowed}, so the run stops)"
+                ));
+                return false;
+            }
+            self.reasons.push(format!(
+                "step {step} skipped: {why}; nothing was applied and its batch is dropped ({} of {allowed} skips used)",
+                self.skipped
+            ));
+        }
         for r in &reports {
             self.members.set_step(&r.worker, step);
         }
+        self.last_digest = first.unwrap_or_default();
         let commit = Commit {
             step,
             lr: self.settings.run.lr(step),
@@ -269,6 +290,11 @@ impl Model {
             // Nobody applied it: every survivor holds the state before it; redo it.
             for w in &live {
                 self.members.set_synced(w, true);
+            }
+            if !self.committed_any {
+                // Nothing committed yet: standbys that loaded the start state hold the run's
+                // state too, so a lost member's slot (a worker that never trained) is theirs.
+                self.members.sync_start_state_holders();
             }
             self.redos.0 += 1;
             if self.redos.0 >= MAX_REDOS {

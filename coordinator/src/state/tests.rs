@@ -45,6 +45,7 @@ fn settings_for(expected: usize, total: u64, batch: usize, shard: usize) -> Sett
         farewell_hold: Duration::from_secs(10),
         spans_hosts: false,
         secret: "test".into(),
+        skip_nonfinite: 0,
     }
 }
 
@@ -176,6 +177,13 @@ impl Sim {
 
     fn phase(&self) -> &Phase {
         self.m.phase()
+    }
+
+    fn status(&mut self) -> elf_shared::messages::RunStatus {
+        match self.input(Input::Status).reply {
+            Reply::Status(s) => *s,
+            r => panic!("{r:?}"),
+        }
     }
 
     fn ranks(&self) -> Vec<String> {
@@ -1399,4 +1407,190 @@ fn a_ring_that_never_forms_fails_the_run_instead_of_re_forming_forever() {
         why.contains("could not be all-reduced 5 times") && why.contains("--advertise"),
         "{why}"
     );
+}
+
+fn non_finite(why: &str) -> StepOutcome {
+    StepOutcome::Applied(Applied {
+        loss: f64::NAN,
+        param_digest: "x".into(),
+        non_finite: why.into(),
+        ..Applied::default()
+    })
+}
+
+#[test]
+fn a_non_finite_step_fails_the_run_by_default_naming_the_step_and_the_branch() {
+    let mut s = Sim::new(settings(2, 6));
+    s.register(member("a"));
+    s.register(member("b"));
+    s.commit_step(&["a", "b"], 0);
+    let (da, db) = (s.train("a", Some(0)), s.train("b", Some(0)));
+    let why = "the loss of the denoiser branch (L2) is NaN";
+    s.report(&da, "a", non_finite(why));
+    let o = s.report(&db, "b", non_finite(why));
+    assert!(commits(&o).is_empty(), "a non-finite step is not committed");
+    match s.phase() {
+        Phase::Failed(r) => assert_eq!(
+            r,
+            "step 1: the loss of the denoiser branch (L2) is NaN; nothing was applied (train.skip_nonfinite is 0, so the run stops)"
+        ),
+        p => panic!("{p:?}"),
+    }
+}
+
+#[test]
+fn skip_nonfinite_drops_that_many_batches_then_fails() {
+    let mut f = settings(1, 6);
+    f.skip_nonfinite = 1;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    let d = s.train("a", None);
+    let o = s.report(&d, "a", non_finite("the gradient norm is inf"));
+    assert_eq!(
+        commits(&o).len(),
+        1,
+        "the skipped step moves the data cursor on"
+    );
+    assert!(
+        o.reasons[0].starts_with("step 0 skipped: the gradient norm is inf"),
+        "{:?}",
+        o.reasons
+    );
+    assert_eq!(s.m.step(), Step(1));
+    let d = s.train("a", Some(0));
+    s.report(&d, "a", non_finite("the gradient norm is NaN"));
+    assert!(
+        matches!(s.phase(), Phase::Failed(r) if r.starts_with("step 1: the gradient norm is NaN"))
+    );
+    assert_eq!(s.status().skipped_steps, 2);
+}
+
+#[test]
+fn shard_reports_from_anyone_but_the_rank_they_name_are_refused_counted_and_change_nothing() {
+    let mut f = settings(2, 6);
+    f.save_interval = 1;
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    s.register(member("b"));
+    // A client that never registered reports shards for three steps (the probe that pruned
+    // good checkpoints); a registered worker claims the other's rank.
+    let mut forged = vec![];
+    for step in 0..3 {
+        forged.push(shard("intruder", step, 0, 1));
+        forged.push(shard("intruder", step, 0, 2));
+    }
+    forged.push(shard("a", 0, 1, 2));
+    forged.push(shard("a", 0, 0, 1));
+    let n = forged.len() as u64;
+    for r in forged {
+        let o = s.input(Input::ReportShard(r));
+        assert!(
+            matches!(o.reply, Reply::Refused(Refusal::NotMember { .. })),
+            "{o:?}"
+        );
+        assert!(manifests(&o).is_empty());
+    }
+    let st = s.status();
+    assert_eq!(st.refused_reports, n);
+    assert_eq!(
+        Refusal::NotMember {
+            worker: w("intruder"),
+            step: Step(0),
+            quorum: QuorumId(1),
+            rank: 0
+        }
+        .to_string(),
+        "worker intruder reported a shard of step 0 as rank 0 of quorum 1, which it is not"
+    );
+    // The real ranks' shards still make the checkpoint.
+    s.commit_step(&["a", "b"], 0);
+    s.input(Input::ReportShard(shard("a", 0, 0, 2)));
+    let o = s.input(Input::ReportShard(shard("b", 0, 1, 2)));
+    assert_eq!(manifests(&o).len(), 1);
+}
+
+#[test]
+fn a_member_that_registers_and_falls_silent_before_training_hands_its_slot_to_a_standby() {
+    let mut s = Sim::new(settings(1, 6));
+    // A fake registers first and takes the only slot, then says nothing more.
+    s.register(member("fake"));
+    assert_eq!(s.ranks(), ["fake"]);
+    // The real worker arrives before any step was handed out: it loads the start state.
+    assert_eq!(
+        s.register(member("real")),
+        Reply::Admitted {
+            load_checkpoint: true
+        }
+    );
+    // It is offered a copy from the fake, which never comes.
+    assert!(matches!(
+        s.directive("real", None),
+        Directive::ReceiveState { .. }
+    ));
+    let o = s.only_alive(&["real"]);
+    assert!(
+        o.reasons[0].starts_with("worker fake missed heartbeats"),
+        "{:?}",
+        o.reasons
+    );
+    assert_eq!(s.ranks(), ["real"], "{:?}", s.phase());
+    let d = s.train("real", None);
+    s.applied(&d, "real", "x");
+    assert_eq!(s.m.step(), Step(1));
+    // Once a step is handed out, a newcomer no longer holds the run's state.
+    let _ = s.train("real", Some(0));
+    assert_eq!(
+        s.register(member("later")),
+        Reply::Admitted {
+            load_checkpoint: false
+        }
+    );
+}
+
+#[test]
+fn a_copy_enters_the_quorum_only_when_both_sides_reported_it_whole() {
+    let mut s = Sim::new(settings(1, 6));
+    s.register(member("a"));
+    s.commit_step(&["a"], 0);
+    s.register(member("late"));
+    let d = s.directive("a", Some(0));
+    assert!(matches!(d, Directive::SendState { .. }), "{d:?}");
+    match s.directive("late", None) {
+        Directive::ReceiveState { param_digest, .. } => assert_eq!(param_digest, "x"),
+        d => panic!("{d:?}"),
+    }
+    let report = |worker: &str, sender: bool, error: Option<&str>| {
+        Input::ReportTransfer(TransferReport {
+            worker: w(worker),
+            step: Step(1),
+            sender,
+            error: error.map(String::from),
+        })
+    };
+    // The joiner says it loaded a state: not enough, the donor has not said it sent one.
+    s.input(report("late", false, None));
+    assert_eq!(s.ranks(), ["a"]);
+    assert!(wait_reason(&s.directive("late", None)).contains("joining"));
+    // The donor reports failure: the joiner is dropped, never admitted.
+    s.input(report("a", true, Some("joiner 127.0.0.1:4: broken pipe")));
+    assert_eq!(s.ranks(), ["a"]);
+    assert!(!s.m.members().contains(&w("late")));
+}
+
+#[test]
+fn a_copy_both_sides_reported_whole_grows_the_quorum() {
+    let mut s = Sim::new(settings(1, 6));
+    s.register(member("a"));
+    s.commit_step(&["a"], 0);
+    s.register(member("late"));
+    let _ = (s.directive("a", Some(0)), s.directive("late", None));
+    for (worker, sender) in [("late", false), ("a", true)] {
+        s.input(Input::ReportTransfer(TransferReport {
+            worker: w(worker),
+            step: Step(1),
+            sender,
+            error: None,
+        }));
+    }
+    assert_eq!(s.ranks(), ["a", "late"]);
 }

@@ -116,7 +116,34 @@ fn manifest(step: u64, shard: &[u8]) -> Manifest {
         seed: 0,
         metrics: serde_json::Value::Null,
         eval: serde_json::Value::Null,
+        // The digest of no parameters.
+        param_digest: hex::encode(Sha256::digest(b"")),
+        manifest_sha256: String::new(),
     }
+}
+
+/// A safetensors file of f32 tensors `(name, shape, values)` with a metadata note (so that
+/// empty shards of different steps differ).
+fn safetensors(note: &str, tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ "note": note }));
+    let mut data = Vec::new();
+    for (name, shape, v) in tensors {
+        let at = data.len();
+        data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        header.insert(
+            (*name).into(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [at, data.len()]}),
+        );
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    while !json.len().is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    out.extend(data);
+    out
 }
 
 /// A checkpoint root holding committed steps `committed` (in order, `latest` on the last) and
@@ -133,7 +160,7 @@ fn root(
         None => Location::parse(&url).unwrap(),
     };
     for &s in committed.iter().chain(partial) {
-        let shard = format!("state of step {s}").into_bytes();
+        let shard = safetensors(&format!("state of step {s}"), &[]);
         let dir = root.join(&step_dir(s));
         dir.join("shard-00000-of-00001.safetensors")
             .put(shard.clone())
@@ -233,4 +260,138 @@ fn a_malformed_latest_is_an_error_naming_it() {
         e.contains("memory://bad/latest") && e.contains("garbage"),
         "{e}"
     );
+}
+
+/// A committed one-rank checkpoint of a real little state (`params/w` [2, 2], `ema/w` [2, 2])
+/// at `step` under `root`; returns its folder.
+fn real_checkpoint(root: &Location, step: u64, params: [f32; 4]) -> Location {
+    use elf_shared::manifest::TensorEntry;
+    let shard = safetensors(
+        "",
+        &[
+            ("params/w", &[2, 2], &params),
+            ("ema/w", &[2, 2], &[0.5; 4]),
+        ],
+    );
+    let dir = root.join(&step_dir(step));
+    dir.join("shard-00000-of-00001.safetensors")
+        .put(shard.clone())
+        .unwrap();
+    let mut m = manifest(step, &shard);
+    m.numel = 8;
+    m.shards[0].len = 8;
+    m.tensors = vec![
+        TensorEntry {
+            name: "params/w".into(),
+            shape: vec![2, 2],
+            offset: 0,
+        },
+        TensorEntry {
+            name: "ema/w".into(),
+            shape: vec![2, 2],
+            offset: 4,
+        },
+    ];
+    let bytes: Vec<u8> = params.iter().flat_map(|x| x.to_le_bytes()).collect();
+    m.param_digest = hex::encode(Sha256::digest(&bytes));
+    commit(root, &m).unwrap();
+    dir
+}
+
+/// Edits the committed manifest of `dir` as JSON (the way a person with an editor would).
+fn edit_manifest(dir: &Location, edit: impl Fn(&mut serde_json::Value)) {
+    let loc = dir.join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&loc.read_all().unwrap()).unwrap();
+    edit(&mut v);
+    loc.put(serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_verified_checkpoint_passes_and_every_kind_of_damage_falls_back_naming_the_file() {
+    let r = Location::parse("memory://verified").unwrap();
+    real_checkpoint(&r, 1, [1.0, 2.0, 3.0, 4.0]);
+    let d2 = real_checkpoint(&r, 2, [1.5, 2.0, 3.0, 4.0]);
+    let m = read_manifest(&d2).unwrap();
+    assert_eq!(m.format, 2);
+    verify(&d2, &m).unwrap();
+    let pristine = d2.join("manifest.json").read_all().unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let damage: Vec<(&str, Edit, &str)> = vec![
+        (
+            "one digit of a tensor offset",
+            Box::new(|v| v["tensors"][1]["offset"] = 5.into()),
+            "manifest_sha256",
+        ),
+        (
+            "the step inside its folder",
+            Box::new(|v| {
+                v["step"] = 3.into();
+                v["next_step"] = 4.into();
+            }),
+            "manifest_sha256",
+        ),
+        (
+            "a numel of 10^15, hash recomputed",
+            Box::new(|v| v["numel"] = 1_000_000_000_000_000u64.into()),
+            "numel",
+        ),
+    ];
+    for (what, edit, says) in damage {
+        d2.join("manifest.json").put(pristine.clone()).unwrap();
+        edit_manifest(&d2, |v| edit(v));
+        if what.contains("recomputed") {
+            // A careful forger recomputes the hash: the index checks still refuse it.
+            let mut m: Manifest =
+                serde_json::from_slice(&d2.join("manifest.json").read_all().unwrap()).unwrap();
+            m.manifest_sha256 = m.own_hash();
+            d2.join("manifest.json")
+                .put(serde_json::to_vec(&m).unwrap())
+                .unwrap();
+        }
+        let e = read_manifest(&d2).unwrap_err();
+        assert!(e.is_damage(), "{what}: {e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("memory://verified/step-000000002/manifest.json") && text.contains(says),
+            "{what}: {text}"
+        );
+        assert_eq!(
+            newest_valid(&r).unwrap().unwrap().1.step,
+            1,
+            "{what}: falls back to the previous valid step"
+        );
+    }
+    // The step of a manifest copied into another step's folder.
+    d2.join("manifest.json").put(pristine.clone()).unwrap();
+    let d3 = r.join(&step_dir(3));
+    d3.join("manifest.json").put(pristine.clone()).unwrap();
+    let e = read_manifest(&d3).unwrap_err().to_string();
+    assert!(e.contains("folder of step 3"), "{e}");
+    d3.delete_all().unwrap();
+    assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 2);
+}
+
+#[test]
+fn a_non_finite_or_foreign_state_does_not_verify() {
+    let r = Location::parse("memory://finite").unwrap();
+    real_checkpoint(&r, 1, [1.0, 2.0, 3.0, 4.0]);
+    let d = real_checkpoint(&r, 2, [1.0, f32::NAN, 3.0, 4.0]);
+    let m = read_manifest(&d).unwrap();
+    let e = verify(&d, &m).unwrap_err().to_string();
+    assert!(
+        e.contains("shard-00000-of-00001.safetensors")
+            && e.contains("element 1 (tensor params/w) of step 2 is NaN"),
+        "{e}"
+    );
+    assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 1);
+    // Shards whose hashes match a manifest whose recorded digest is another state's.
+    let d = real_checkpoint(&r, 3, [9.0, 2.0, 3.0, 4.0]);
+    let mut m = read_manifest(&d).unwrap();
+    m.param_digest = hex::encode(Sha256::digest(b"another state"));
+    write_manifest(&r, &m).unwrap();
+    let e = verify(&d, &read_manifest(&d).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hash to") && e.contains("recorded"), "{e}");
+    assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 1);
 }
