@@ -7,6 +7,8 @@
 //!   freeze (SIGSTOP) itself when its collective reaches the `boundary`-th phase boundary of
 //!   step `step` (boundaries count from 0 across the step's all-reduces: before each
 //!   reduce-scatter and all-gather exchange, and after the last one).
+//! * `ELF_FAILPOINT_NONFINITE=<step>` makes a worker's gradient of step `step` NaN (one
+//!   element), as an overflowing model would.
 
 /// Sleeps at failpoint `name` when `ELF_FAILPOINT_<NAME>_DELAY_MS` is set.
 pub fn delay(name: &str) {
@@ -15,6 +17,14 @@ pub fn delay(name: &str) {
         tracing::warn!(failpoint = name, ms, "failpoint: sleeping");
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
+}
+
+/// True when `ELF_FAILPOINT_NONFINITE` names step `step`.
+pub fn non_finite_at(step: u64) -> bool {
+    std::env::var("ELF_FAILPOINT_NONFINITE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(step)
 }
 
 /// What a ring failpoint does to its own process.

@@ -361,6 +361,43 @@ pub fn shard_range(n: u64, rank: u64, world: u64) -> (u64, u64) {
 mod tests {
     use super::*;
 
+    /// The hash is of the parsed manifest, so floats must parse back exactly (serde_json's
+    /// `float_roundtrip`): a manifest with metrics and eval results re-hashes to itself.
+    #[test]
+    fn a_sealed_manifest_with_floats_rehashes_to_itself() {
+        let m = Manifest {
+            format: FORMAT,
+            step: 9,
+            next_step: 10,
+            optimizer_count: 10,
+            config_hash: "h".into(),
+            config_yaml: "lr: 0.01\n".into(),
+            world_size: 1,
+            numel: 0,
+            tensors: vec![],
+            shards: vec![ShardEntry {
+                file: shard_file(0, 1),
+                sha256: "00".into(),
+                size: 8,
+                start: 0,
+                len: 0,
+            }],
+            seed: 0,
+            metrics: serde_json::json!({"loss": 0.1f32, "lr": 0.0033333333333333335, "grad_norm": 1.2345678901234567e-7}),
+            eval: serde_json::json!({"results": [{"ppl": 123.456789012345678, "mean_entropy": 5.551115123125783e-17}]}),
+            param_digest: "d".into(),
+            manifest_sha256: String::new(),
+        }
+        .sealed();
+        for text in [
+            serde_json::to_vec(&m).unwrap(),
+            serde_json::to_vec_pretty(&m).unwrap(),
+        ] {
+            let back: Manifest = serde_json::from_slice(&text).unwrap();
+            back.check(Some(9)).unwrap();
+        }
+    }
+
     #[test]
     fn shard_ranges_tile_the_state() {
         for (n, w) in [(10u64, 3u64), (7, 4), (100, 1)] {

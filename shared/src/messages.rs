@@ -468,7 +468,8 @@ pub struct RunStatus {
     pub worker_errors: Vec<WorkerError>,
     /// Steps skipped for a non-finite loss or gradient norm (`train.skip_nonfinite`).
     pub skipped_steps: u32,
-    /// Reports refused because their sender did not hold the step, quorum or rank they named.
+    /// Reports (step, shard, eval, copy) refused because their sender did not hold the step,
+    /// quorum, rank or job they named.
     pub refused_reports: u64,
 }
 

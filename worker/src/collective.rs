@@ -12,6 +12,11 @@
 //! Every read and write has the configured timeout: a peer that vanishes or freezes becomes an
 //! error naming it, never a hang.
 //!
+//! Nothing on the ring announces a length: the handshake is a fixed 16 bytes (`ELFR`, quorum
+//! id, rank) plus its proof of the quorum's key, checked before any tensor byte is read, and
+//! every chunk's size follows from the receiver's own buffer and the world size. A peer cannot
+//! make a rank allocate or read more than its own gradient.
+//!
 //! The phase boundaries of an all-reduce (before each reduce-scatter and all-gather exchange,
 //! after the last) are where the crash tests strike (`ELF_FAILPOINT_RING`): a peer lost there
 //! leaves some survivors with the full sum and others without it.

@@ -97,6 +97,11 @@ impl StepRunner {
             }
         };
         let (mut grads, parts) = replica.gradients(&mbs);
+        if elf_shared::failpoint::non_finite_at(t.step.0)
+            && let Some(g) = grads.first_mut()
+        {
+            *g = f32::NAN;
+        }
         timings.compute_seconds = t0.elapsed().as_secs_f64();
         let coll = &mut self.ring.as_mut().expect("formed above").1;
         coll.arm(RingFault::for_step(t.step.0));

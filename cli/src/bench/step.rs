@@ -66,6 +66,26 @@ where
         mean(&den),
         mean(&dec)
     ));
+    // The finite-value checks: per step, three summed losses (the gradient norm is computed
+    // for clipping anyway); per save, one scan of the rank's share of the state before upload.
+    let (_, state) = tr.snapshot();
+    let t0 = Instant::now();
+    let reps = 5;
+    for _ in 0..reps {
+        std::hint::black_box(state.iter().position(|v| !v.is_finite()));
+    }
+    let scan_ms = t0.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        std::hint::black_box([0.5f64 + i as f64, 1.0, 2.0].iter().all(|v| v.is_finite()));
+    }
+    let step_check_ms = t0.elapsed().as_secs_f64() * 1e3 / 1000.0;
+    out::line(format!(
+        "bench step {label}: finite checks {:.5}% of a step per step ({step_check_ms:.6} ms), and a state scan of {:.2} ms ({:.2}% of a step) per save (target < 1%)",
+        100.0 * step_check_ms / ours,
+        scan_ms,
+        100.0 * scan_ms / ours
+    ));
     let Some(anchor) = anchor else { return Ok(()) };
     let python = std::env::var("ELF_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut cmd = Command::new(&python);

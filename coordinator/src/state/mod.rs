@@ -337,7 +337,8 @@ pub struct Model {
     skipped: u32,
     /// The parameter digest of the last step this process committed (what a copy must hold).
     last_digest: String,
-    /// Reports refused because their sender does not hold what they are about.
+    /// Reports refused because their sender does not hold what they are about (counted in
+    /// [`Model::handle`]).
     refused_reports: u64,
     /// Filled while one input is handled, drained into its [`Output`].
     reasons: Vec<String>,
@@ -416,6 +417,15 @@ impl Model {
                 Reply::None
             }
         };
+        if let Reply::Refused(
+            Refusal::NotMember { .. }
+            | Refusal::StaleReport { .. }
+            | Refusal::NoTransfer { .. }
+            | Refusal::NoEvalJob { .. },
+        ) = &reply
+        {
+            self.refused_reports += 1;
+        }
         if !matches!(reply, Reply::Status(_)) {
             self.settle(now);
         }

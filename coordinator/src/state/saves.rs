@@ -245,7 +245,6 @@ impl Model {
             && (self.quorum().is_some_and(|q| q.id == r.quorum && holds(q))
                 || self.saves.committed_by(r.step, r.quorum).is_some_and(holds));
         if !member {
-            self.refused_reports += 1;
             return Reply::Refused(Refusal::NotMember {
                 worker: r.worker,
                 step: r.step,
