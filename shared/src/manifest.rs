@@ -384,7 +384,7 @@ mod tests {
             }],
             seed: 0,
             metrics: serde_json::json!({"loss": 0.1f32, "lr": 0.0033333333333333335, "grad_norm": 1.2345678901234567e-7}),
-            eval: serde_json::json!({"results": [{"ppl": 123.456789012345678, "mean_entropy": 5.551115123125783e-17}]}),
+            eval: serde_json::json!({"results": [{"ppl": 123.456_789_012_345_68, "mean_entropy": 5.551115123125783e-17}]}),
             param_digest: "d".into(),
             manifest_sha256: String::new(),
         }
