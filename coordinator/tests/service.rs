@@ -412,6 +412,29 @@ async fn refusals_reach_the_worker_with_their_status_code() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // A client that never registered reports a shard: refused, and counted in /status.
+    let forged = ShardReport {
+        worker: "intruder".into(),
+        step: Step(0),
+        quorum: elf_shared::ids::QuorumId(1),
+        rank: 0,
+        world_size: 1,
+        outcome: ShardOutcome::Failed {
+            error: "anything".into(),
+        },
+    };
+    let e = client
+        .report_shard(wire::ShardReport::from(forged))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("worker intruder"), "{e:?}");
+    let st = client
+        .status(wire::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(st.refused_reports, 1);
 }
 
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`.

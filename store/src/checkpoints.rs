@@ -60,11 +60,29 @@ pub fn write_manifest(root: &Location, m: &Manifest) -> Result<(), StoreError> {
     rewrite_manifest(&root.join(&step_dir(m.step)), m)
 }
 
-/// Commits a checkpoint: writes its manifest, then moves `latest` to it.
+/// Commits a checkpoint: checks the manifest and that every shard it names is in the store
+/// with its size (one `head` each; what the ranks reported is not taken on trust), writes
+/// it, then moves `latest` to it.
 ///
 /// # Errors
-/// Store errors; `latest` is not moved unless the manifest was written.
+/// An inconsistent manifest or a missing or mis-sized shard ([`StoreError::Malformed`]), or
+/// store errors; nothing is written then, and `latest` is not moved unless the manifest was.
 pub fn commit(root: &Location, m: &Manifest) -> Result<(), StoreError> {
+    let dir = root.join(&step_dir(m.step));
+    let bad = |message: String| StoreError::Malformed {
+        name: dir.join("manifest.json").display(),
+        message: format!("not committed: {message}"),
+    };
+    m.clone().sealed().check(Some(m.step)).map_err(bad)?;
+    for s in &m.shards {
+        let got = dir.join(&s.file).open()?.len();
+        if got != s.size {
+            return Err(bad(format!(
+                "{} is {got} bytes in the store, its rank reported {}",
+                s.file, s.size
+            )));
+        }
+    }
     write_manifest(root, m)?;
     root.join("latest").put(step_dir(m.step).into_bytes())
 }

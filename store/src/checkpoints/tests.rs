@@ -395,3 +395,30 @@ fn a_non_finite_or_foreign_state_does_not_verify() {
     assert!(e.contains("hash to") && e.contains("recorded"), "{e}");
     assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 1);
 }
+
+#[test]
+fn a_commit_whose_shards_are_not_in_the_store_as_reported_writes_nothing() {
+    let r = Location::parse("memory://reported").unwrap();
+    real_checkpoint(&r, 1, [1.0, 2.0, 3.0, 4.0]);
+    let d2 = r.join(&step_dir(2));
+    let shard = safetensors("step 2", &[]);
+    d2.join("shard-00000-of-00001.safetensors")
+        .put(shard.clone())
+        .unwrap();
+    // A rank reports a size (and hash) of a file that is not what the store holds.
+    let mut m = manifest(2, &shard);
+    m.shards[0].size += 8;
+    let e = commit(&r, &m).unwrap_err().to_string();
+    assert!(
+        e.contains("step-000000002/manifest.json") && e.contains("its rank reported"),
+        "{e}"
+    );
+    // A shard that is not there at all.
+    let mut m = manifest(3, &shard);
+    m.shards[0].file = "shard-00000-of-00001.safetensors".into();
+    assert!(commit(&r, &m).is_err());
+    assert!(!d2.join("manifest.json").exists().unwrap());
+    assert_eq!(latest(&r).unwrap(), Some(1));
+    assert_eq!(retain(&r, 1).unwrap(), Vec::<u64>::new());
+    assert_eq!(newest_valid(&r).unwrap().unwrap().1.step, 1);
+}
