@@ -19,6 +19,7 @@
 pub mod config;
 pub mod events;
 pub mod failpoint;
+pub mod frames;
 pub mod ids;
 pub mod manifest;
 pub mod messages;

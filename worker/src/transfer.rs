@@ -148,8 +148,6 @@ pub fn receive(
     expected: &[TensorEntry],
     timeout: Duration,
 ) -> Result<State, TransferError> {
-    let want_index = serde_json::to_vec(expected).expect("index serialises");
-    let want_numel = expected.last().map_or(0, |t| t.offset + t.numel());
     let deadline = Instant::now() + timeout;
     listener
         .set_nonblocking(true)
@@ -190,41 +188,27 @@ pub fn receive(
                     tracing::warn!(%addr, "dropped a state copy that could not prove the copy's key");
                     continue;
                 }
-                let optimizer_count = u(&mut s)?;
-                let not_this_model = |message: String| TransferError::NotThisModel {
-                    addr: addr.clone(),
-                    message,
-                };
-                let len = u(&mut s)?;
-                if len != want_index.len() as u64 {
-                    return Err(not_this_model(format!(
-                        "announced a {len}-byte tensor index, this model's is {} bytes",
-                        want_index.len()
-                    )));
-                }
-                let mut index = vec![0u8; len as usize];
-                s.read_exact(&mut index).map_err(io)?;
-                let tensors: Vec<TensorEntry> =
-                    serde_json::from_slice(&index).map_err(|source| TransferError::BadIndex {
-                        addr: addr.clone(),
-                        source,
+                let (optimizer_count, n) = elf_shared::frames::read_state_head(&mut s, expected)
+                    .map_err(|e| match e {
+                        elf_shared::frames::HeadError::Io(source) => io(source),
+                        elf_shared::frames::HeadError::BadIndex(source) => {
+                            TransferError::BadIndex {
+                                addr: addr.clone(),
+                                source,
+                            }
+                        }
+                        elf_shared::frames::HeadError::NotThisModel(message) => {
+                            TransferError::NotThisModel {
+                                addr: addr.clone(),
+                                message,
+                            }
+                        }
                     })?;
-                if tensors != expected {
-                    return Err(not_this_model(
-                        "sent a tensor index that is not this model's".into(),
-                    ));
-                }
-                let n = u(&mut s)?;
-                if n != want_numel {
-                    return Err(not_this_model(format!(
-                        "announced {n} elements, this model's state has {want_numel}"
-                    )));
-                }
                 let mut data = vec![0f32; n as usize];
                 s.read_exact(bytemuck::cast_slice_mut(&mut data))
                     .map_err(io)?;
                 return Ok(State {
-                    tensors,
+                    tensors: expected.to_vec(),
                     data,
                     optimizer_count,
                 });

@@ -138,8 +138,13 @@ impl ArrowStream {
             let msg = root_as_message(&meta)
                 .map_err(|e| bad(format!("message {n_msg} at byte {pos}: {e}")))?;
             let body_start = pos + hdr + meta_len as u64;
-            let body_len = msg.bodyLength() as u64;
-            if body_start + body_len > len {
+            let Ok(body_len) = u64::try_from(msg.bodyLength()) else {
+                return Err(bad(format!(
+                    "message {n_msg} at byte {pos}: negative body length {}",
+                    msg.bodyLength()
+                )));
+            };
+            if body_start.checked_add(body_len).is_none_or(|end| end > len) {
                 return Err(bad(format!(
                     "truncated Arrow IPC stream: record data of message {n_msg} ends at byte {} but the file has {len}",
                     body_start + body_len
@@ -209,8 +214,15 @@ impl ArrowStream {
                             return Err(bad(format!("message {n_msg}: buffer {i} missing")));
                         }
                         let b = buffers.get(i);
-                        let (o, l) = (b.offset() as u64, b.length() as u64);
-                        if o + l > body_len {
+                        let (o, l) = match (u64::try_from(b.offset()), u64::try_from(b.length())) {
+                            (Ok(o), Ok(l)) => (o, l),
+                            _ => {
+                                return Err(bad(format!(
+                                    "message {n_msg}: buffer {i} has a negative offset or length"
+                                )));
+                            }
+                        };
+                        if o.checked_add(l).is_none_or(|end| end > body_len) {
                             return Err(bad(format!(
                                 "message {n_msg}: buffer {i} lies outside the record body"
                             )));
@@ -223,6 +235,13 @@ impl ArrowStream {
                     let mut cols: [Option<ColumnBufs>; 5] = [None; 5];
                     let (mut b_idx, mut n_idx) = (0usize, 0usize);
                     for (fi, f) in s.fields().iter().enumerate() {
+                        if n_idx >= nodes.len() {
+                            return Err(bad(format!(
+                                "message {n_msg}: {} field nodes for {} columns",
+                                nodes.len(),
+                                s.fields().len()
+                            )));
+                        }
                         if let Some(slot) = slots.iter().position(|&x| x == Some(fi)) {
                             let nulls = nodes.get(n_idx).null_count();
                             cols[slot] = Some(match f.data_type() {
@@ -261,10 +280,13 @@ impl ArrowStream {
                         b_idx += field_layout[fi].0;
                         n_idx += field_layout[fi].1;
                     }
-                    batches.push(Batch {
-                        rows: rb.length() as u64,
-                        cols,
-                    });
+                    let rows = u64::try_from(rb.length()).map_err(|_| {
+                        bad(format!(
+                            "message {n_msg}: negative row count {}",
+                            rb.length()
+                        ))
+                    })?;
+                    batches.push(Batch { rows, cols });
                 }
                 MessageHeader::DictionaryBatch => {}
                 other => return Err(bad(format!("unexpected IPC message type {other:?}"))),
@@ -279,7 +301,9 @@ impl ArrowStream {
         let mut rows = 0u64;
         for b in &batches {
             starts.push(rows);
-            rows += b.rows;
+            rows = rows
+                .checked_add(b.rows)
+                .ok_or_else(|| bad("the record batches claim more than 2^64 rows".into()))?;
         }
         Ok(Self {
             src,
