@@ -106,9 +106,10 @@ impl ParquetFile {
             name: name.clone(),
             message,
         };
-        let meta =
+        let meta = contained(&name, "footer", || {
             ArrowReaderMetadata::load(&Chunks(src.clone()), ArrowReaderOptions::default())
-                .map_err(|e| DataError::parse(name.as_str(), "not a readable parquet file", e))?;
+                .map_err(|e| DataError::parse(name.as_str(), "not a readable parquet file", e))
+        })?;
         let schema = meta.schema().clone();
         let mut slots = [None; 5];
         let mut projection = vec![];
@@ -170,22 +171,30 @@ impl ParquetFile {
             self.projection.clone(),
         );
         let n = self.meta.metadata().row_group(rg).num_rows() as usize;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-            Chunks(self.src.clone()),
-            self.meta.clone(),
-        )
-        .with_row_groups(vec![rg])
-        .with_projection(mask)
-        .with_batch_size(n.max(1))
-        .build()
-        .map_err(parse)?;
-        let mut batches = reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| DataError::parse(self.src.name(), format!("row group {rg}"), e))?;
+        let mut batches = contained(self.src.name(), &format!("row group {rg}"), || {
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                Chunks(self.src.clone()),
+                self.meta.clone(),
+            )
+            .with_row_groups(vec![rg])
+            .with_projection(mask)
+            .with_batch_size(n.max(1))
+            .build()
+            .map_err(parse)?;
+            reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| DataError::parse(self.src.name(), format!("row group {rg}"), e))
+        })?;
         if batches.len() != 1 {
             return Err(bad(format!("expected one batch, got {}", batches.len())));
         }
         let b = batches.remove(0);
+        if b.num_rows() != n {
+            return Err(bad(format!(
+                "holds {} rows but its metadata says {n}",
+                b.num_rows()
+            )));
+        }
         if cache.len() >= 2 {
             cache.remove(0);
         }
@@ -293,4 +302,25 @@ impl Dataset for ParquetFile {
     fn is_conditional(&self) -> bool {
         self.slots[1].is_some()
     }
+}
+
+/// Runs a decode of the `parquet` crate, which panics on some malformed files (found by the
+/// parquet fuzz target, e.g. a data page without its header) instead of returning an error:
+/// the panic becomes an error naming the file and the part being read.
+fn contained<T>(
+    name: &str,
+    part: &str,
+    f: impl FnOnce() -> Result<T, DataError>,
+) -> Result<T, DataError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(DataError::Format {
+            name: name.into(),
+            message: format!("{part}: malformed parquet (the decoder failed: {why})"),
+        })
+    })
 }

@@ -18,6 +18,7 @@ fn replay(target: &str, ext: &str) {
     let tmp = tempfile::tempdir().unwrap();
     for e in entries {
         let path = e.unwrap().path();
+        eprintln!("replaying {}", path.display());
         // The readers pick the format by extension.
         let copy = tmp.path().join(format!("input.{ext}"));
         std::fs::copy(&path, &copy).unwrap();
