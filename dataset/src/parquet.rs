@@ -139,9 +139,17 @@ impl ParquetFile {
         }
         let mut starts = vec![];
         let mut rows = 0u64;
-        for rg in meta.metadata().row_groups() {
+        for (i, rg) in meta.metadata().row_groups().iter().enumerate() {
             starts.push(rows);
-            rows += rg.num_rows() as u64;
+            rows = u64::try_from(rg.num_rows())
+                .ok()
+                .and_then(|n| rows.checked_add(n))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "row group {i} claims {} rows (negative, or the total overflows)",
+                        rg.num_rows()
+                    ))
+                })?;
         }
         Ok(Self {
             src,

@@ -330,7 +330,10 @@ impl ArrowStream {
 
     fn span(&self, offsets: Buf, large: bool, i: u64) -> Result<Range<u64>, DataError> {
         let w = if large { 8 } else { 4 };
-        if (i + 2) * w > offsets.len {
+        if i.checked_add(2)
+            .and_then(|n| n.checked_mul(w))
+            .is_none_or(|end| end > offsets.len)
+        {
             return Err(DataError::Format {
                 name: self.src.name().into(),
                 message: format!("offsets buffer too short for row {i}"),
@@ -385,7 +388,7 @@ impl ArrowStream {
                 }
                 let r = self.span(offsets, large, i)?;
                 let w = width as u64;
-                if r.end * w > values.len {
+                if r.end.checked_mul(w).is_none_or(|end| end > values.len) {
                     return Err(fmt(format!(
                         "column {name:?} row {global}: values run past their buffer"
                     )));
