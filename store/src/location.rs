@@ -156,7 +156,13 @@ pub fn store_for_url(url: &url::Url) -> Result<(Arc<dyn ObjectStore>, StorePath)
         url: url.to_string(),
         message,
     };
-    let path = StorePath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+    // `memory://NAME/...`: the name is a bucket, as in the cloud schemes, so two memory roots
+    // of one process never share paths.
+    let path = match (url.scheme(), url.host_str()) {
+        ("memory", Some(host)) => format!("/{host}{}", url.path()),
+        _ => url.path().to_string(),
+    };
+    let path = StorePath::from_url_path(&path).map_err(|e| bad(e.to_string()))?;
     // Bounded retries and timeouts: a store outage must surface as an error in seconds (a
     // failed save is reported and training goes on), not block an upload for minutes.
     let retry = object_store::RetryConfig {
