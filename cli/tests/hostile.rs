@@ -11,19 +11,15 @@ use elf_shared::manifest::Manifest;
 
 const ELF: Elf = Elf(env!("CARGO_BIN_EXE_elf"));
 
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
 /// `elf train` of the tiny config (12 steps, checkpoints every 4) that may fail.
 fn train(dir: &Path, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    let w = workers.to_string();
+    let (d, w) = (dir.display().to_string(), workers.to_string());
     let mut args = vec![
         "train",
         "--config",
         "configs/tiny.yaml",
         "--run-dir",
-        dir.to_str().unwrap(),
+        &d,
         "--workers",
         &w,
         "--set",
@@ -32,12 +28,8 @@ fn train(dir: &Path, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Ou
         "train.max_steps=12",
     ];
     args.extend_from_slice(extra);
-    let mut cmd = Command::new(ELF.0);
-    cmd.args(&args).current_dir(repo()).env("RUST_LOG", "info");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    ELF.run_train(&args, &env)
 }
 
 fn stderr(o: &Output) -> String {

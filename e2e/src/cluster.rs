@@ -165,20 +165,26 @@ impl Elf {
             &w,
         ];
         args.extend_from_slice(extra);
-        let mut cmd = std::process::Command::new(self.0);
-        cmd.args(&args)
-            .current_dir(repo_root())
-            .env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let o = cmd.output().expect("elf runs");
+        let o = self.run_train(&args, env);
         assert!(
             o.status.success(),
             "elf train {args:?} failed:\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
         o
+    }
+
+    /// Runs `elf` with `args` (a `train` command line) in the repository root with
+    /// `RUST_LOG=info`, and returns how it ended, success or not.
+    pub fn run_train(&self, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(self.0);
+        cmd.args(args)
+            .current_dir(repo_root())
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("elf runs")
     }
 }
 

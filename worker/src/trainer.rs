@@ -313,10 +313,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 crate::transfer::receive(&self.session.listener, step.0, &k, &index, timeout)
             });
         let error = match received {
-            Ok(st) => match self
-                .replica
-                .restore(&st.tensors, &st.data, st.optimizer_count)
-            {
+            Ok(st) => match self.replica.restore(&index, &st.data, st.optimizer_count) {
                 Err(e) => Some(e.to_string()),
                 Ok(()) if !digest.is_empty() && self.replica.param_digest() != digest => {
                     Some(format!(
