@@ -56,6 +56,7 @@ macro_rules! twins {
 }
 
 twins!(StepTimings, wire::StepTimings, {
+    data_seconds,
     compute_seconds,
     allreduce_seconds,
     allreduce_bytes,
@@ -70,14 +71,39 @@ twins!(Applied, wire::Applied, {
     non_finite,
 });
 twins!(Losses, wire::Losses, { loss, ce_loss, l2_loss });
-twins!(WorkerStatus, wire::WorkerStatus, {
-    id,
-    device,
-    collective_addr,
-    role,
-    heartbeat_age_seconds,
-    last_step,
-});
+impl From<WorkerStatus> for wire::WorkerStatus {
+    fn from(w: WorkerStatus) -> Self {
+        Self {
+            id: w.id,
+            device: w.device,
+            collective_addr: w.collective_addr,
+            role: w.role,
+            heartbeat_age_seconds: w.heartbeat_age_seconds,
+            last_step: w.last_step,
+            rank: w.rank,
+            last_timings: w.last_timings.map(Into::into),
+            straggler_ratio: w.straggler_ratio,
+            straggler: w.straggler,
+        }
+    }
+}
+
+impl From<wire::WorkerStatus> for WorkerStatus {
+    fn from(w: wire::WorkerStatus) -> Self {
+        Self {
+            id: w.id,
+            device: w.device,
+            collective_addr: w.collective_addr,
+            role: w.role,
+            heartbeat_age_seconds: w.heartbeat_age_seconds,
+            last_step: w.last_step,
+            rank: w.rank,
+            last_timings: w.last_timings.map(Into::into),
+            straggler_ratio: w.straggler_ratio,
+            straggler: w.straggler,
+        }
+    }
+}
 
 fn missing(message: &'static str, field: &'static str) -> DecodeError {
     DecodeError::Missing { message, field }
@@ -559,6 +585,9 @@ impl From<RunStatus> for wire::RunStatus {
                 .collect(),
             skipped_steps: s.skipped_steps,
             refused_reports: s.refused_reports,
+            state: s.state,
+            state_reason: s.state_reason,
+            heartbeat_timeout_seconds: s.heartbeat_timeout_seconds,
         }
     }
 }
@@ -595,6 +624,9 @@ impl From<wire::RunStatus> for RunStatus {
                 .collect(),
             skipped_steps: s.skipped_steps,
             refused_reports: s.refused_reports,
+            state: s.state,
+            state_reason: s.state_reason,
+            heartbeat_timeout_seconds: s.heartbeat_timeout_seconds,
         }
     }
 }

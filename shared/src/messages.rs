@@ -225,6 +225,8 @@ pub enum StepOutcome {
 /// Wall-clock figures of a step on one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct StepTimings {
+    /// Reading and collating the rank's rows (and encoding them).
+    pub data_seconds: f64,
     /// Forward and backward.
     pub compute_seconds: f64,
     /// Gradient all-reduce.
@@ -417,7 +419,21 @@ pub struct WorkerStatus {
     pub heartbeat_age_seconds: f64,
     /// The last step it applied in a committed step.
     pub last_step: Option<u64>,
+    /// Its rank in the current quorum (`None`: a standby or an eval worker).
+    pub rank: Option<u32>,
+    /// What its last committed step cost.
+    pub last_timings: Option<StepTimings>,
+    /// Its time before the all-reduce (data and compute) over the quorum's median
+    /// ([`STRAGGLER_RATIO`] or more makes it a straggler); `None` without a committed step.
+    pub straggler_ratio: Option<f64>,
+    /// It is far slower than its peers: `straggler_ratio >= STRAGGLER_RATIO`.
+    pub straggler: bool,
 }
+
+/// A quorum member whose data and compute time is at least this multiple of the quorum's
+/// median is flagged a straggler. Step time itself cannot tell: the all-reduce makes
+/// every rank wait for the slowest, so all ranks' step times are alike.
+pub const STRAGGLER_RATIO: f64 = 1.5;
 
 /// Loss parts of the last committed step.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -448,6 +464,13 @@ pub struct RunStatus {
     pub config_hash: String,
     /// `forming`, `running`, `done` or `failed: <reason>`.
     pub phase: String,
+    /// What the run is doing: `waiting_for_quorum`, `training`, `re_forming`,
+    /// `checkpointing`, `evaluating`, `done` or `failed`.
+    pub state: String,
+    /// Why, in words (`waiting for 2 workers, 1 registered`; the failure).
+    pub state_reason: String,
+    /// A worker silent for longer is evicted (`cluster.heartbeat_timeout_ms`).
+    pub heartbeat_timeout_seconds: f64,
     /// The next step to commit.
     pub step: u64,
     /// Steps in the run.

@@ -16,6 +16,8 @@ pub struct WorkerMetrics {
     pub step_seconds: Gauge,
     /// Seconds of forward/backward in the last step.
     pub compute_seconds: Gauge,
+    /// Reading and collating the rank's rows, last step.
+    pub data_seconds: Gauge,
     /// Seconds of gradient all-reduce in the last step.
     pub allreduce_seconds: Gauge,
     /// Bytes sent through all-reduces.
@@ -57,6 +59,10 @@ impl WorkerMetrics {
                 "elf_worker_step_seconds",
                 "Wall-clock seconds of the last step on this worker.",
             ),
+            data_seconds: g(
+                "elf_worker_data_seconds",
+                "Seconds reading and collating this rank's rows, last step.",
+            ),
             compute_seconds: g(
                 "elf_worker_compute_seconds",
                 "Seconds of forward/backward in the last step.",
@@ -82,6 +88,7 @@ impl WorkerMetrics {
         self.step.set(step as i64);
         self.step_seconds.set(t.step_seconds);
         self.compute_seconds.set(t.compute_seconds);
+        self.data_seconds.set(t.data_seconds);
         self.allreduce_seconds.set(t.allreduce_seconds);
         self.allreduce_bytes.inc_by(t.allreduce_bytes);
         self.tokens_per_second

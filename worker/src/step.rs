@@ -76,6 +76,7 @@ impl StepRunner {
             .enumerate()
             .map(|(i, &r)| (t.first_position + i as u64, r))
             .collect();
+        let t_data = Instant::now();
         let mbs = match batch::build(
             c,
             data.data.as_ref(),
@@ -96,13 +97,15 @@ impl StepRunner {
                 );
             }
         };
+        timings.data_seconds = t_data.elapsed().as_secs_f64();
+        let t_compute = Instant::now();
         let (mut grads, parts) = replica.gradients(&mbs);
         if elf_shared::failpoint::non_finite_at(t.step.0)
             && let Some(g) = grads.first_mut()
         {
             *g = f32::NAN;
         }
-        timings.compute_seconds = t0.elapsed().as_secs_f64();
+        timings.compute_seconds = t_compute.elapsed().as_secs_f64();
         let coll = &mut self.ring.as_mut().expect("formed above").1;
         coll.arm(RingFault::for_step(t.step.0));
         let reduced = coll.all_reduce_sum(&mut grads).and_then(|traffic| {

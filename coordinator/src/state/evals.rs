@@ -39,6 +39,19 @@ impl Evals {
         self.queue.len() + self.running.len() + self.recording.len()
     }
 
+    /// Returns the running jobs: (step, worker).
+    pub fn running(&self) -> Vec<(u64, String)> {
+        self.running
+            .iter()
+            .map(|(w, j)| (j.step.0, w.0.clone()))
+            .collect()
+    }
+
+    /// True when a training worker of `quorum` runs an eval job (training waits for it).
+    pub fn running_inline(&self, quorum: Option<&super::membership::Quorum>) -> bool {
+        quorum.is_some_and(|q| self.running.keys().any(|w| q.contains(w)))
+    }
+
     /// Puts the job of a lost worker back at the front of the queue.
     pub fn requeue_of(&mut self, w: &WorkerId) {
         if let Some(job) = self.running.remove(w) {

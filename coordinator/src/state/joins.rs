@@ -109,6 +109,11 @@ impl Model {
             let joiner = t.joiner.clone();
             self.transfer = None;
             self.members.remove(&joiner);
+            self.effects.push(Effect::Event(Event::Evicted {
+                worker: joiner.clone(),
+                cause: super::EvictionCause::CopyFailed,
+                text: format!("the state copy to worker {joiner} failed: {error}"),
+            }));
             self.effects.push(Effect::Event(Event::JoinFailed {
                 worker: joiner,
                 reason: error,
@@ -128,7 +133,7 @@ impl Model {
         let (joiner, step) = (t.joiner.clone(), t.step);
         self.transfer = None;
         self.members.set_synced(&joiner, true);
-        match self.reform() {
+        match self.reform(super::QuorumCause::Join) {
             Some(q) => {
                 self.reasons
                     .push(format!("{}; worker {joiner} joined", q.describe()));

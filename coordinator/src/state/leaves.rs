@@ -17,7 +17,7 @@ use std::time::Instant;
 use elf_shared::ids::WorkerId;
 use elf_shared::messages::{Leave, WorkerError};
 
-use super::{Model, Phase, Reply};
+use super::{Effect, Event, EvictionCause, Model, Phase, QuorumCause, Reply};
 
 /// How many worker errors the status document keeps.
 const KEPT_ERRORS: usize = 16;
@@ -64,7 +64,13 @@ impl Model {
         let in_quorum =
             self.phase == Phase::Running && self.quorum().is_some_and(|q| q.contains(&w));
         if let Some(error) = l.error {
-            self.reasons.push(format!("worker {w} failed: {error}"));
+            let text = format!("worker {w} failed: {error}");
+            self.reasons.push(text.clone());
+            self.effects.push(Effect::Event(Event::Evicted {
+                worker: w.clone(),
+                cause: EvictionCause::WorkerFailed,
+                text,
+            }));
             let started = self.committed_any;
             if l.invalid_config && !started && matches!(self.phase, Phase::Forming | Phase::Running)
             {
@@ -97,6 +103,8 @@ impl Model {
             self.leaves.leaving.insert(w);
         } else {
             self.reasons.push(format!("worker {w} left the run"));
+            self.effects
+                .push(Effect::Event(Event::Left { worker: w.clone() }));
             self.depart(&w);
             if in_quorum {
                 self.reform_after_leave();
@@ -123,6 +131,8 @@ impl Model {
                 "worker {w} left the run after step {}",
                 self.round.step.0.saturating_sub(1)
             ));
+            self.effects
+                .push(Effect::Event(Event::Left { worker: w.clone() }));
             self.depart(w);
         }
         if in_quorum {
@@ -138,7 +148,7 @@ impl Model {
     }
 
     fn reform_after_leave(&mut self) {
-        match self.reform() {
+        match self.reform(QuorumCause::Leave) {
             Some(q) => {
                 let why = format!("{} after a leave at step {}", q.describe(), self.round.step);
                 self.reasons.push(why);

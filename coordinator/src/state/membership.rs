@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use elf_shared::ids::{QuorumId, Step, WorkerId};
-use elf_shared::messages::{Registration, Role};
+use elf_shared::messages::{Registration, Role, StepTimings};
 
 use super::{Model, Phase};
 
@@ -31,6 +31,8 @@ pub struct Member {
     pub synced: bool,
     /// It loaded the run's start state when it registered (no step was handed out yet).
     pub start_state: bool,
+    /// What its last committed step cost.
+    pub timings: Option<StepTimings>,
 }
 
 /// The workers training together, in rank order.
@@ -97,6 +99,7 @@ impl Membership {
                 step: None,
                 synced,
                 start_state,
+                timings: None,
             },
         );
     }
@@ -201,9 +204,10 @@ impl Membership {
     }
 
     /// Records the last step `w` applied in a committed step.
-    pub fn set_step(&mut self, w: &WorkerId, step: Step) {
+    pub fn set_step(&mut self, w: &WorkerId, step: Step, timings: StepTimings) {
         if let Some(m) = self.members.get_mut(w) {
             m.step = Some(step);
+            m.timings = Some(timings);
         }
     }
 
@@ -253,17 +257,29 @@ impl Model {
         }
         let q = self.members.form(trainers.into_iter().take(want).collect());
         self.reasons.push(q.describe());
+        self.quorum_changed(&q, super::QuorumCause::Formed);
         self.phase = Phase::Running;
     }
 
     /// Forms a new quorum from the live synced training workers at the largest world size
     /// that splits the batch; `None` when no training worker is left.
-    pub(super) fn reform(&mut self) -> Option<Quorum> {
+    pub(super) fn reform(&mut self, cause: super::QuorumCause) -> Option<Quorum> {
         let live = self.members.synced_trainers();
         let w = self.settings.run.valid_world(live.len())?;
         let q = self.members.form(live.into_iter().take(w).collect());
         self.round.restart();
+        self.quorum_changed(&q, cause);
         Some(q)
+    }
+
+    fn quorum_changed(&mut self, q: &Quorum, cause: super::QuorumCause) {
+        self.effects
+            .push(super::Effect::Event(super::Event::QuorumChanged {
+                id: q.id.0,
+                world_size: q.ranks.len(),
+                cause,
+                text: q.describe(),
+            }));
     }
 
     /// Evicts members silent for longer than the heartbeat timeout; a lost quorum member
@@ -273,10 +289,17 @@ impl Model {
         for id in self.members.expired(now, timeout) {
             self.members.remove(&id);
             self.evals.requeue_of(&id);
-            self.reasons.push(format!(
+            let text = format!(
                 "worker {id} missed heartbeats for more than {} ms",
                 timeout.as_millis()
-            ));
+            );
+            self.reasons.push(text.clone());
+            self.effects
+                .push(super::Effect::Event(super::Event::Evicted {
+                    worker: id.clone(),
+                    cause: super::EvictionCause::HeartbeatTimeout,
+                    text,
+                }));
             if self.phase == Phase::Running && self.quorum().is_some_and(|q| q.contains(&id)) {
                 self.round.lose(now);
             }

@@ -263,6 +263,100 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A new quorum was formed.
+    QuorumChanged {
+        /// Its generation.
+        id: u64,
+        /// Its ranks.
+        world_size: usize,
+        /// Why it changed.
+        cause: QuorumCause,
+        /// What the logs say.
+        text: String,
+    },
+    /// A worker was removed from the run without asking to leave.
+    Evicted {
+        /// Who.
+        worker: WorkerId,
+        /// Why.
+        cause: EvictionCause,
+        /// What the logs say.
+        text: String,
+    },
+    /// A worker left the run gracefully.
+    Left {
+        /// Who.
+        worker: WorkerId,
+    },
+    /// Nobody applied the step (a peer was lost mid-step): the new quorum trains it again.
+    StepRedone {
+        /// The step.
+        step: Step,
+        /// What the logs say.
+        text: String,
+    },
+    /// A step with a non-finite loss or gradient norm was skipped (`train.skip_nonfinite`).
+    StepSkipped {
+        /// The step.
+        step: Step,
+        /// What the logs say.
+        text: String,
+    },
+    /// SIGTERM arrived: the run stops after one more checkpointed step.
+    Terminating {
+        /// What the logs say.
+        text: String,
+    },
+}
+
+/// Why a quorum changed (a bounded set: a Prometheus label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuorumCause {
+    /// The run's first quorum (in this coordinator process).
+    Formed,
+    /// A member was lost (evicted, failed, registered again) and the survivors re-formed.
+    PeerLost,
+    /// A member left gracefully.
+    Leave,
+    /// A joining worker received a peer's state.
+    Join,
+}
+
+impl QuorumCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Formed => "formed",
+            Self::PeerLost => "peer_lost",
+            Self::Leave => "leave",
+            Self::Join => "join",
+        }
+    }
+}
+
+/// Why a worker was evicted (a bounded set: a Prometheus label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    /// Silent for longer than `cluster.heartbeat_timeout_ms`.
+    HeartbeatTimeout,
+    /// It reported an error and left.
+    WorkerFailed,
+    /// A quorum member registered again (a new process): its old state is gone.
+    RegisteredAgain,
+    /// Its side of a state copy failed.
+    CopyFailed,
+}
+
+impl EvictionCause {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::WorkerFailed => "worker_failed",
+            Self::RegisteredAgain => "registered_again",
+            Self::CopyFailed => "copy_failed",
+        }
+    }
 }
 
 /// The model's answer to one input.
@@ -297,6 +391,40 @@ pub struct Output {
     pub reasons: Vec<String>,
     /// What the driver must do.
     pub effects: Vec<Effect>,
+}
+
+/// What the run is doing, as `/status` names it (`state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Fewer training workers registered than the run starts with.
+    WaitingForQuorum,
+    /// Steps are handed out and committed.
+    Training,
+    /// A quorum lost a peer, or a joiner receives a peer's state: training waits.
+    ReForming,
+    /// Training is over (or stopping on SIGTERM); the last checkpoint is on its way.
+    Checkpointing,
+    /// A checkpoint is evaluated: between steps on rank 0, or after the last step.
+    Evaluating,
+    /// The run (or this process's part of it) is over.
+    Done,
+    /// The run stopped on an error.
+    Failed,
+}
+
+impl RunState {
+    /// The name `/status` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::WaitingForQuorum => "waiting_for_quorum",
+            Self::Training => "training",
+            Self::ReForming => "re_forming",
+            Self::Checkpointing => "checkpointing",
+            Self::Evaluating => "evaluating",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// Where the run is.
@@ -526,11 +654,17 @@ impl Model {
             // after a broken connection): its state is not the run's, and its old process
             // will never report. The quorum re-forms without it; it rejoins by a copy.
             self.round.gone(now, &r.worker);
-            self.reasons.push(format!(
+            let text = format!(
                 "worker {} registered again while in quorum {}: it rejoins by a copy",
                 r.worker,
                 self.quorum().map_or(0, |q| q.id.0)
-            ));
+            );
+            self.reasons.push(text.clone());
+            self.effects.push(Effect::Event(Event::Evicted {
+                worker: r.worker.clone(),
+                cause: EvictionCause::RegisteredAgain,
+                text,
+            }));
         }
         self.leaves.returned(&r.worker);
         self.effects.push(Effect::Event(Event::Registered {
@@ -684,10 +818,92 @@ impl Model {
         self.phase = Phase::Failed(why);
     }
 
+    /// Returns what the run is doing and why: the `state` and `state_reason` of `/status`.
+    pub fn activity(&self) -> (RunState, String) {
+        match &self.phase {
+            Phase::Forming => (
+                RunState::WaitingForQuorum,
+                format!(
+                    "waiting for {} training workers, {} registered",
+                    self.settings.run.world_size,
+                    self.members.count(Role::Train)
+                ),
+            ),
+            Phase::Running => {
+                let q = self.quorum();
+                let (qid, world) = q.map_or((0, 0), |q| (q.id.0, q.ranks.len()));
+                if self.round.is_broken() {
+                    (
+                        RunState::ReForming,
+                        format!(
+                            "quorum {qid} lost a peer at step {}; waiting for the survivors' reports",
+                            self.round.step
+                        ),
+                    )
+                } else if let Some(t) = &self.transfer {
+                    (
+                        RunState::ReForming,
+                        format!(
+                            "copying worker {}'s state to joining worker {} at step {}",
+                            t.donor, t.joiner, t.step
+                        ),
+                    )
+                } else if self.evals.running_inline(self.quorum()) {
+                    (
+                        RunState::Evaluating,
+                        format!(
+                            "rank 0 evaluates a checkpoint between steps (step {} next)",
+                            self.round.step
+                        ),
+                    )
+                } else {
+                    (
+                        RunState::Training,
+                        format!(
+                            "step {} of {} in quorum {qid} ({world} workers)",
+                            self.round.step, self.settings.run.total_steps
+                        ),
+                    )
+                }
+            }
+            Phase::Done if self.saves.saving() => (
+                RunState::Checkpointing,
+                if self.terminated {
+                    "SIGTERM: waiting for the last checkpoint before stopping".to_string()
+                } else {
+                    "every step is trained; waiting for the last checkpoint".to_string()
+                },
+            ),
+            Phase::Done if self.evals.outstanding() > 0 => (
+                RunState::Evaluating,
+                format!(
+                    "every step is trained; {} eval jobs left",
+                    self.evals.outstanding()
+                ),
+            ),
+            Phase::Done if self.terminated => (
+                RunState::Done,
+                "stopped by SIGTERM; a restart resumes from the last checkpoint".to_string(),
+            ),
+            Phase::Done => (RunState::Done, format!("{} steps trained", self.round.step)),
+            Phase::Failed(why) => (RunState::Failed, why.clone()),
+        }
+    }
+
+    /// Returns the steps whose checkpoints are on their way (shards or manifest), and the eval
+    /// jobs queued and running (step, worker), for the status page.
+    pub fn pending_work(&self) -> (Vec<u64>, Vec<u64>, Vec<(u64, String)>) {
+        (
+            self.saves.in_flight(),
+            self.evals.queued().iter().map(|s| s.0).collect(),
+            self.evals.running(),
+        )
+    }
+
     /// Returns the model's part of the status document (the driver adds throughput, losses
     /// and the last evaluation).
     fn status(&self, now: Instant) -> RunStatus {
-        use elf_shared::messages::{QuorumStatus, WorkerStatus};
+        use elf_shared::messages::{QuorumStatus, STRAGGLER_RATIO, WorkerStatus};
         let phase = match &self.phase {
             Phase::Forming => "forming".to_string(),
             Phase::Running => "running".into(),
@@ -695,11 +911,41 @@ impl Model {
             Phase::Done => "done".into(),
             Phase::Failed(why) => format!("failed: {why}"),
         };
+        let (state, state_reason) = self.activity();
+        let quorum = self.quorum();
+        // Data and compute time of the members whose last committed step is the run's last:
+        // the all-reduce makes every rank's step time alike, so only the time before it
+        // tells a slow rank.
+        let last = self.round.step.0.checked_sub(1);
+        let busy = |m: &membership::Member| {
+            m.timings
+                .filter(|_| m.step.map(|s| s.0) == last)
+                .map(|t| t.data_seconds + t.compute_seconds)
+        };
+        let mut times: Vec<f64> = quorum
+            .map(|q| {
+                q.ranks
+                    .iter()
+                    .filter_map(|w| self.members.get(w).and_then(busy))
+                    .collect()
+            })
+            .unwrap_or_default();
+        times.sort_by(f64::total_cmp);
+        // The median (of two middle values, their mean): with two ranks the slower is only a
+        // straggler at 3x the faster, not at any gap.
+        let median = match times.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(times[n / 2]),
+            n => Some((times[n / 2 - 1] + times[n / 2]) / 2.0),
+        };
         RunStatus {
             phase,
+            state: state.as_str().into(),
+            state_reason,
+            heartbeat_timeout_seconds: self.settings.heartbeat_timeout.as_secs_f64(),
             step: self.round.step.0,
             total_steps: self.settings.run.total_steps,
-            quorum: self.quorum().map(|q| QuorumStatus {
+            quorum: quorum.map(|q| QuorumStatus {
                 id: q.id.0,
                 world_size: q.ranks.len(),
                 members: q.ranks.iter().map(|r| r.0.clone()).collect(),
@@ -707,13 +953,26 @@ impl Model {
             workers: self
                 .members
                 .iter()
-                .map(|(id, m)| WorkerStatus {
-                    id: id.0.clone(),
-                    device: m.device.clone(),
-                    collective_addr: m.addr.clone(),
-                    role: m.role.as_str().into(),
-                    heartbeat_age_seconds: now.duration_since(m.last_seen).as_secs_f64(),
-                    last_step: m.step.map(|s| s.0),
+                .map(|(id, m)| {
+                    let rank = quorum.and_then(|q| q.rank_of(id)).map(|r| r as u32);
+                    let ratio = match (rank, busy(m), median) {
+                        (Some(_), Some(t), Some(med)) if times.len() > 1 && med > 0.0 => {
+                            Some(t / med)
+                        }
+                        _ => None,
+                    };
+                    WorkerStatus {
+                        id: id.0.clone(),
+                        device: m.device.clone(),
+                        collective_addr: m.addr.clone(),
+                        role: m.role.as_str().into(),
+                        heartbeat_age_seconds: now.duration_since(m.last_seen).as_secs_f64(),
+                        last_step: m.step.map(|s| s.0),
+                        rank,
+                        last_timings: m.timings,
+                        straggler_ratio: ratio,
+                        straggler: ratio.is_some_and(|r| r >= STRAGGLER_RATIO),
+                    }
                 })
                 .collect(),
             evals_outstanding: self.evals.outstanding(),

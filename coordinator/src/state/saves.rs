@@ -216,6 +216,12 @@ impl Saves {
         })
     }
 
+    /// Returns the steps whose checkpoints are on their way (shards still uploading, or the
+    /// manifest being written).
+    pub fn in_flight(&self) -> Vec<u64> {
+        self.pending.keys().map(|s| s.0).collect()
+    }
+
     /// True while a checkpoint is on its way (shards or manifest).
     pub fn saving(&self) -> bool {
         !self.pending.is_empty() || self.writing > 0

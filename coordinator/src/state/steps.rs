@@ -212,13 +212,16 @@ impl Model {
                 ));
                 return false;
             }
-            self.reasons.push(format!(
+            let text = format!(
                 "step {step} skipped: {why}; nothing was applied and its batch is dropped ({} of {allowed} skips used)",
                 self.skipped
-            ));
+            );
+            self.reasons.push(text.clone());
+            self.effects
+                .push(Effect::Event(super::Event::StepSkipped { step, text }));
         }
         for r in &reports {
-            self.members.set_step(&r.worker, step);
+            self.members.set_step(&r.worker, step, r.timings);
         }
         self.last_digest = first.unwrap_or_default();
         let commit = Commit {
@@ -304,10 +307,13 @@ impl Model {
                 ));
                 return;
             }
-            match self.reform() {
-                Some(q) => self
-                    .reasons
-                    .push(format!("{}; step {step} is redone", q.describe())),
+            match self.reform(super::QuorumCause::PeerLost) {
+                Some(q) => {
+                    let text = format!("{}; step {step} is redone", q.describe());
+                    self.reasons.push(text.clone());
+                    self.effects
+                        .push(Effect::Event(super::Event::StepRedone { step, text }));
+                }
                 None => self.fail_without_workers(lost_reason),
             }
             return;
@@ -336,7 +342,7 @@ impl Model {
         }
         // Even after the last step: the final quorum (whose rank 0 writes the outputs) is made
         // of the workers that hold its state.
-        match self.reform() {
+        match self.reform(super::QuorumCause::PeerLost) {
             Some(q) => {
                 let mut why = format!(
                     "{}; step {step} committed by the survivors that applied it",

@@ -24,10 +24,13 @@ impl Model {
         let end = (last.0 + 1).min(self.settings.end());
         self.settings.stop_after = Some(end);
         self.settings.save_final = true;
-        self.reasons.push(format!(
+        let text = format!(
             "SIGTERM: stopping after step {} with a checkpoint; a restart resumes from it",
             end.saturating_sub(1)
-        ));
+        );
+        self.reasons.push(text.clone());
+        self.effects
+            .push(super::Effect::Event(super::Event::Terminating { text }));
         match self.phase {
             // No step was trained by this process: nothing to save, stop now.
             Phase::Forming => self.phase = Phase::Done,

@@ -1594,3 +1594,113 @@ fn a_copy_both_sides_reported_whole_grows_the_quorum() {
     }
     assert_eq!(s.ranks(), ["a", "late"]);
 }
+
+/// The events of `o` (quorum changes, evictions, redone steps) the page and metrics count.
+fn events(o: &Output) -> Vec<&Event> {
+    pick(o, |e| match e {
+        Effect::Event(ev) => Some(ev),
+        _ => None,
+    })
+}
+
+#[test]
+fn the_status_names_the_state_and_its_reason() {
+    let mut s = Sim::new(settings(2, 4));
+    s.register(member("a"));
+    let st = s.status();
+    assert_eq!(st.state, "waiting_for_quorum");
+    assert_eq!(
+        st.state_reason,
+        "waiting for 2 training workers, 1 registered"
+    );
+    assert_eq!(st.heartbeat_timeout_seconds, 5.0);
+    s.register(member("b"));
+    let st = s.status();
+    assert_eq!(st.state, "training");
+    assert_eq!(st.state_reason, "step 0 of 4 in quorum 1 (2 workers)");
+    assert_eq!(
+        st.workers.iter().map(|w| w.rank).collect::<Vec<_>>(),
+        vec![Some(0), Some(1)]
+    );
+    let ta = s.train("a", None);
+    s.train("b", None);
+    s.report(&ta, "a", collective_failed());
+    let st = s.status();
+    assert_eq!(st.state, "re_forming");
+    assert!(st.state_reason.contains("lost a peer at step 0"), "{st:?}");
+}
+
+#[test]
+fn a_member_far_slower_before_the_all_reduce_is_a_straggler() {
+    let mut s = Sim::new(settings(2, 4));
+    s.register(member("a"));
+    s.register(member("b"));
+    let ts = [s.train("a", None), s.train("b", None)];
+    // b's data and compute take 4x a's (1.6x the median of the two); both step times are
+    // alike (the ring waits for b).
+    for (t, (id, busy)) in ts.iter().zip([("a", 1.0), ("b", 4.0)]) {
+        s.input(Input::ReportStep(StepReport {
+            worker: w(id),
+            step: t.step,
+            quorum: t.quorum,
+            rank: t.rank,
+            outcome: applied("x"),
+            timings: StepTimings {
+                data_seconds: 0.1 * busy,
+                compute_seconds: 0.9 * busy,
+                allreduce_seconds: 4.5 - busy,
+                allreduce_bytes: 1,
+                step_seconds: 4.5,
+            },
+        }));
+    }
+    let st = s.status();
+    let by_id = |id: &str| st.workers.iter().find(|x| x.id == id).unwrap().clone();
+    assert!((by_id("a").straggler_ratio.unwrap() - 0.4).abs() < 1e-12);
+    assert!(!by_id("a").straggler);
+    assert!((by_id("b").straggler_ratio.unwrap() - 1.6).abs() < 1e-12);
+    assert!(by_id("b").straggler);
+    assert_eq!(by_id("b").last_timings.unwrap().step_seconds, 4.5);
+}
+
+#[test]
+fn evictions_quorum_changes_and_redone_steps_are_events_with_causes() {
+    let mut s = Sim::new(settings(2, 4));
+    s.register(member("a"));
+    let o = s.input(Input::Register(member("b")));
+    assert!(events(&o).iter().any(|e| matches!(
+        e,
+        Event::QuorumChanged {
+            cause: QuorumCause::Formed,
+            world_size: 2,
+            ..
+        }
+    )));
+    let ta = s.train("a", None);
+    s.train("b", None);
+    // b goes silent mid-step: evicted by the heartbeat timeout; a's all-reduce fails; the
+    // step is redone by a new quorum of one.
+    let mut o = s.only_alive(&["a"]);
+    let r = s.report(&ta, "a", collective_failed());
+    o.effects.extend(r.effects);
+    let ev = events(&o);
+    assert!(
+        ev.iter().any(
+            |e| matches!(e, Event::Evicted { worker, cause: EvictionCause::HeartbeatTimeout, text }
+            if worker.as_str() == "b" && text.contains("missed heartbeats"))
+        ),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        Event::QuorumChanged {
+            cause: QuorumCause::PeerLost,
+            world_size: 1,
+            ..
+        }
+    )));
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, Event::StepRedone { step, .. } if *step == Step(0)))
+    );
+}
