@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cpu;
 pub mod dims;
 pub mod elf;
+pub mod flops;
 pub mod gpt2;
 pub mod metrics;
 pub mod nn;
