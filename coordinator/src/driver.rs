@@ -17,10 +17,11 @@ use elf_shared::messages::{EvalOutcome, EvalStatus, Losses, RunStatus};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::board::{self, Activity, Board, Cause, Departed, Evaluated, Page, Point};
 use crate::metrics::Metrics;
 use crate::recorder::{Line, Recorder};
 use crate::refusal::Refusal;
-use crate::state::{Effect, Event, Input, Model, Outcome, Reply};
+use crate::state::{Effect, Event, Input, Model, Outcome, Phase, Reply, RunState};
 use crate::storage::{self, Completion, Job, Storage};
 
 /// Progress published to in-process observers (the `elf train` progress bar).
@@ -38,7 +39,15 @@ pub struct Progress {
 
 struct Request {
     input: Input,
-    reply: oneshot::Sender<Reply>,
+    reply: Answer,
+}
+
+/// Where the driver answers a request.
+enum Answer {
+    /// The model's reply.
+    Reply(oneshot::Sender<Reply>),
+    /// The `/status` document (for [`Input::Status`]).
+    Page(oneshot::Sender<Box<Page>>),
 }
 
 /// A cheap handle to the driver: what the service and the HTTP endpoint talk to.
@@ -62,10 +71,30 @@ impl Handle {
     pub async fn call(&self, input: Input) -> Result<Reply, Refusal> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request { input, reply: tx })
+            .send(Request {
+                input,
+                reply: Answer::Reply(tx),
+            })
             .await
             .map_err(|_| Refusal::Closed)?;
         rx.await.map_err(|_| Refusal::Closed)
+    }
+
+    /// Returns the `/status` document: the status plus what the page shows. The driver only
+    /// copies it (the history is shared, not copied); serialising happens in the caller.
+    ///
+    /// # Errors
+    /// [`Refusal::Closed`] once the run is over.
+    pub async fn page(&self) -> Result<Page, Refusal> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                input: Input::Status,
+                reply: Answer::Page(tx),
+            })
+            .await
+            .map_err(|_| Refusal::Closed)?;
+        rx.await.map(|p| *p).map_err(|_| Refusal::Closed)
     }
 
     /// Stops the run after one more checkpointed step (SIGTERM; see `state::terminate`).
@@ -104,6 +133,8 @@ pub struct RunInfo {
     pub tokens_per_step: f64,
     /// Emit JSON events on stdout.
     pub events: bool,
+    /// What the status page needs to know of the run.
+    pub facts: board::Facts,
 }
 
 /// The driver task's state.
@@ -123,6 +154,14 @@ pub struct Driver {
     last_eval: Option<EvalStatus>,
     /// Inputs an effect produced without IO (a failed eval job is complete at once).
     pending: std::collections::VecDeque<Input>,
+    /// What the page shows beyond the model's status.
+    board: Board,
+    /// When each saved step committed (the start of its checkpoint's save).
+    saves_started: std::collections::BTreeMap<u64, Instant>,
+    /// This process committed a step.
+    committed_any: bool,
+    /// Goodput seconds already added to the counters (good, bad by cause).
+    exported: (f64, std::collections::BTreeMap<Cause, f64>),
 }
 
 impl std::fmt::Debug for Driver {
@@ -151,6 +190,22 @@ impl Driver {
             total: model.settings().run.total_steps,
             ..Progress::default()
         });
+        let f = &info.facts;
+        metrics
+            .build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &elf_shared::messages::PROTOCOL_VERSION.to_string(),
+            ])
+            .set(1);
+        metrics
+            .run_info
+            .with_label_values(&[&info.run_id, &info.config_hash, &f.run.model])
+            .set(1);
+        for c in Cause::ALL {
+            metrics.badput_seconds.with_label_values(&[c.as_str()]);
+        }
+        let board = Board::new(info.facts.clone(), Instant::now(), board::unix_now());
         let driver = Self {
             model,
             info,
@@ -166,6 +221,10 @@ impl Driver {
             tokens_per_s: 0.0,
             last_eval: None,
             pending: Default::default(),
+            board,
+            saves_started: Default::default(),
+            committed_any: false,
+            exported: Default::default(),
         };
         Ok((
             driver,
@@ -225,7 +284,7 @@ impl Driver {
 
     /// Feeds one input (and those its effects produce), runs the effects, answers; returns the
     /// outcome once the run ends.
-    fn step(&mut self, input: Input, reply: Option<oneshot::Sender<Reply>>) -> Option<Outcome> {
+    fn step(&mut self, input: Input, reply: Option<Answer>) -> Option<Outcome> {
         let (mut finished, mut changed) = self.feed(input, reply);
         while let Some(input) = self.pending.pop_front() {
             let (f, c) = self.feed(input, None);
@@ -242,11 +301,7 @@ impl Driver {
     /// long-polls must ask again. A read (a directive, a heartbeat, the status) changes what
     /// others are told only when it had effects (the end of the run); waking them after every
     /// read would have long-polls wake each other forever.
-    fn feed(
-        &mut self,
-        input: Input,
-        reply: Option<oneshot::Sender<Reply>>,
-    ) -> (Option<Outcome>, bool) {
+    fn feed(&mut self, input: Input, reply: Option<Answer>) -> (Option<Outcome>, bool) {
         let read = matches!(
             input,
             Input::NextDirective { .. } | Input::Heartbeat(_) | Input::Status
@@ -262,13 +317,91 @@ impl Driver {
                 finished = Some(o);
             }
         }
-        if let Some(tx) = reply {
-            let _ = tx.send(match out.reply {
-                Reply::Status(s) => Reply::Status(Box::new(self.complete_status(*s))),
-                r => r,
-            });
+        let now = Instant::now();
+        let activity = if finished.is_some() {
+            Activity::Over
+        } else {
+            self.activity()
+        };
+        self.board.goodput().observe(now, activity);
+        self.export_goodput();
+        match (reply, out.reply) {
+            (Some(Answer::Page(tx)), Reply::Status(s)) => {
+                let status = self.complete_status(*s);
+                let page = self.board.page(
+                    now,
+                    board::unix_now(),
+                    status,
+                    self.model.settings().end(),
+                    self.model.pending_work(),
+                );
+                let _ = tx.send(Box::new(page));
+            }
+            (Some(Answer::Reply(tx)), Reply::Status(s)) => {
+                let _ = tx.send(Reply::Status(Box::new(self.complete_status(*s))));
+            }
+            (Some(Answer::Reply(tx)), r) => {
+                let _ = tx.send(r);
+            }
+            // A page is only asked with Input::Status; dropping the sender answers Closed.
+            (Some(Answer::Page(_)) | None, _) => {}
         }
         (finished, changed)
+    }
+
+    /// What the wall clock is spent on from now until the next input (the goodput account).
+    fn activity(&self) -> Activity {
+        let resumed = self.board_facts_resumed();
+        match self.model.activity().0 {
+            RunState::Training if self.committed_any => Activity::Training,
+            RunState::Training if resumed => Activity::Idle(Cause::Restore),
+            RunState::Training => Activity::Idle(Cause::Startup),
+            RunState::WaitingForQuorum
+                if !self.committed_any && self.model.members().iter().next().is_none() =>
+            {
+                Activity::Idle(Cause::Startup)
+            }
+            RunState::WaitingForQuorum => Activity::Idle(Cause::WaitingForQuorum),
+            RunState::ReForming => Activity::Idle(Cause::Healing),
+            RunState::Evaluating if *self.model.phase() == Phase::Running => {
+                Activity::Idle(Cause::InlineEval)
+            }
+            RunState::Checkpointing => Activity::Idle(Cause::CheckpointWait),
+            RunState::Evaluating | RunState::Done | RunState::Failed => Activity::Over,
+        }
+    }
+
+    fn board_facts_resumed(&self) -> bool {
+        self.info.facts.run.resumed_from.is_some()
+    }
+
+    /// Adds the goodput account's growth since the last export to the counters, and sets
+    /// the gauges read from the board.
+    fn export_goodput(&mut self) {
+        let (good, bad, _) = self.board.goodput().totals();
+        let m = &self.metrics;
+        let (old_good, old_bad) = &mut self.exported;
+        if good > *old_good {
+            m.goodput_seconds.inc_by(good - *old_good);
+            *old_good = good;
+        }
+        for (c, v) in bad {
+            let old = old_bad.entry(c).or_default();
+            if v > *old {
+                m.badput_seconds
+                    .with_label_values(&[c.as_str()])
+                    .inc_by(v - *old);
+                *old = v;
+            }
+        }
+        if let Some(r) = self.board.goodput_view().ratio {
+            m.goodput_ratio.set(r);
+        }
+        let p = self.board.progress(self.model.settings().end());
+        m.progress_ratio.set(p.ratio);
+        if let Some(eta) = p.eta_seconds {
+            m.eta_seconds.set(eta);
+        }
     }
 
     fn complete_status(&self, mut s: RunStatus) -> RunStatus {
@@ -307,6 +440,30 @@ impl Driver {
                     step: job.step.0,
                     results: results.clone(),
                 });
+                self.board.evaluated(Evaluated {
+                    step: job.step.0,
+                    seconds,
+                    results: results.clone(),
+                });
+                let summary: Vec<String> = results
+                    .iter()
+                    .map(|r| {
+                        let ms: Vec<String> = r
+                            .metrics()
+                            .iter()
+                            .map(|(n, v)| format!("{n} {v:.3}"))
+                            .collect();
+                        format!("{}: {}", r.run, ms.join(", "))
+                    })
+                    .collect();
+                self.timeline(
+                    "eval",
+                    format!(
+                        "checkpoint of step {} evaluated in {seconds:.1} s ({})",
+                        job.step,
+                        summary.join("; ")
+                    ),
+                );
                 self.emit("eval", storage::eval_doc(job.step, &results));
                 Input::EvalRecorded {
                     worker,
@@ -330,6 +487,31 @@ impl Driver {
                     l2_loss: a.l2_loss,
                 };
                 self.metrics.on_commit(&c, secs, self.tokens_per_s);
+                self.metrics.tokens.inc_by(self.info.tokens_per_step as u64);
+                self.board.committed(
+                    now,
+                    Point {
+                        step: c.step.0,
+                        loss: a.loss,
+                        ce_loss: a.ce_loss,
+                        l2_loss: a.l2_loss,
+                        lr: c.lr,
+                        grad_norm: a.grad_norm,
+                    },
+                    c.quorum.ranks.len(),
+                    secs,
+                );
+                self.committed_any = true;
+                let pr = self.board.progress(self.model.settings().end());
+                if let Some(f) = pr.model_flops_per_s {
+                    self.metrics.model_flops_per_second.set(f);
+                }
+                if let Some(mfu) = pr.mfu {
+                    self.metrics.mfu.set(mfu);
+                }
+                if self.model.settings().saves_after(c.step) {
+                    self.saves_started.insert(c.step.0, now);
+                }
                 let total = self.model.settings().run.total_steps;
                 let tokens_per_s = self.tokens_per_s;
                 self.progress.send_modify(|p| {
@@ -361,6 +543,14 @@ impl Driver {
                 EvalOutcome::Failed { error } => {
                     tracing::warn!(step = job.step.0, worker = %report.worker, error = %error, "eval job failed; training continues");
                     self.metrics.eval_failures.inc();
+                    self.board.eval_failed();
+                    self.timeline(
+                        "eval_failed",
+                        format!(
+                            "eval of the checkpoint of step {} failed: {error}",
+                            job.step
+                        ),
+                    );
                     self.emit("eval_failed", json!({"step": job.step.0, "reason": error}));
                     self.pending.push_back(Input::EvalRecorded {
                         worker: report.worker,
@@ -369,36 +559,95 @@ impl Driver {
                 }
             },
             Effect::Event(ev) => self.event(ev),
-            Effect::Finish(o) => return Some(o),
+            Effect::Finish(o) => {
+                let text = match &o {
+                    Outcome::Done { steps } => format!("the run is done: {steps} steps trained"),
+                    Outcome::Failed(why) => format!("the run failed: {why}"),
+                    Outcome::Invalid(why) => format!("the run cannot start: {why}"),
+                    Outcome::Terminated { steps } => {
+                        format!("stopped by SIGTERM after {steps} steps; a restart resumes")
+                    }
+                };
+                self.timeline("end", text);
+                return Some(o);
+            }
         }
         None
     }
 
+    /// Adds a timeline entry at the current step.
+    fn timeline(&mut self, kind: &'static str, text: String) {
+        let step = self.model.step().0;
+        self.board
+            .note(Instant::now(), board::unix_now(), step, kind, text);
+    }
+
+    fn departed(&mut self, worker: &str, how: &'static str, cause: &'static str, reason: String) {
+        self.board.departed(Departed {
+            worker: worker.to_string(),
+            how,
+            cause,
+            reason,
+            step: self.model.step().0,
+            at_unix: board::unix_now(),
+        });
+    }
+
     fn event(&mut self, ev: Event) {
-        let m = &self.metrics;
+        let m = self.metrics.clone();
+        let now = Instant::now();
         match ev {
             Event::Registered {
                 worker,
                 device,
                 addr,
-            } => tracing::info!(worker_id = %worker, %device, %addr, "worker registered"),
+            } => {
+                tracing::info!(worker_id = %worker, %device, %addr, "worker registered");
+                self.timeline(
+                    "registered",
+                    format!("worker {worker} registered ({device}, collective {addr})"),
+                );
+            }
             Event::CheckpointFailed { reason } => {
                 tracing::warn!(reason = %reason, "checkpoint save failed; training continues");
                 m.checkpoint_failures.inc();
                 self.emit("checkpoint_failed", json!({"reason": reason}));
+                self.board
+                    .checkpoint_failed(now, board::unix_now(), reason.clone());
+                self.timeline("checkpoint_failed", reason);
             }
             Event::CheckpointCommitted { step } => {
                 m.checkpoint_saves.inc();
                 m.checkpoint_last_step.set(step.0 as i64);
+                if let Some(t) = self.saves_started.remove(&step.0) {
+                    m.checkpoint_save_duration
+                        .observe(now.duration_since(t).as_secs_f64());
+                }
+                // Saves that will never commit (abandoned, superseded) are not waited on.
+                self.saves_started.retain(|s, _| *s > step.0);
+                let dir = self.model.settings().checkpoint_dir(step);
+                self.board.checkpoint_committed(now, step.0, dir.clone());
                 self.emit("checkpoint", json!({"step": step.0}));
+                self.timeline(
+                    "checkpoint",
+                    format!("checkpoint of step {step} committed: {dir}"),
+                );
             }
             Event::CheckpointNotCommitted { step, reason } => {
                 tracing::warn!(step = step.0, reason = %reason, "checkpoint manifest not written; training continues");
                 m.checkpoint_failures.inc();
+                let text = format!("checkpoint of step {step} not committed: {reason}");
+                self.board
+                    .checkpoint_failed(now, board::unix_now(), text.clone());
+                self.timeline("checkpoint_failed", text);
             }
             Event::RetentionFailed { step, reason } => {
                 tracing::warn!(step = step.0, reason = %reason, "old checkpoints not pruned (the new one is committed)");
                 m.retention_failures.inc();
+                self.timeline(
+                    "checkpoint_failed",
+                    format!("retention after the checkpoint of step {step} failed: {reason}"),
+                );
             }
             Event::Joined {
                 worker,
@@ -410,10 +659,60 @@ impl Driver {
                     "joined",
                     json!({"worker_id": worker.0, "step": step.0, "world_size": world_size}),
                 );
+                self.timeline(
+                    "joined",
+                    format!("worker {worker} received a peer's state at step {step} and joined ({world_size} workers)"),
+                );
             }
             Event::JoinFailed { worker, reason } => {
                 tracing::warn!(worker_id = %worker, reason = %reason, "state copy to a joining worker failed; it is dropped");
             }
+            Event::QuorumChanged {
+                id,
+                world_size,
+                cause,
+                text,
+            } => {
+                m.quorum_changes.with_label_values(&[cause.as_str()]).inc();
+                self.emit(
+                    "quorum",
+                    json!({"quorum_id": id, "world_size": world_size, "cause": cause.as_str()}),
+                );
+                self.timeline("quorum", format!("{text} ({})", cause.as_str()));
+            }
+            Event::Evicted {
+                worker,
+                cause,
+                text,
+            } => {
+                m.evictions.with_label_values(&[cause.as_str()]).inc();
+                self.emit(
+                    "evicted",
+                    json!({"worker_id": worker.0, "cause": cause.as_str(), "reason": text}),
+                );
+                self.departed(worker.as_str(), "evicted", cause.as_str(), text.clone());
+                self.timeline(
+                    "evicted",
+                    format!("worker {worker} evicted ({}): {text}", cause.as_str()),
+                );
+            }
+            Event::Left { worker } => {
+                self.departed(worker.as_str(), "left", "", "left the run".into());
+                self.timeline("left", format!("worker {worker} left the run"));
+            }
+            Event::StepRedone { step, text } => {
+                m.steps_redone.inc();
+                self.board.goodput().wasted(now, Cause::RedoneSteps);
+                self.emit("redone", json!({"step": step.0}));
+                self.timeline("redone", text);
+            }
+            Event::StepSkipped { step, text } => {
+                m.steps_skipped.inc();
+                self.board.goodput().wasted(now, Cause::SkippedSteps);
+                self.emit("skipped", json!({"step": step.0}));
+                self.timeline("skipped", text);
+            }
+            Event::Terminating { text } => self.timeline("sigterm", text),
         }
     }
 

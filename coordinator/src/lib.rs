@@ -21,6 +21,7 @@
 //! - this file: [`start`], which finds where the run resumes, binds the listeners and starts
 //!   the driver, the service and the HTTP endpoint.
 
+pub mod board;
 pub mod driver;
 pub mod io_thread;
 pub mod metrics;
@@ -81,6 +82,10 @@ pub struct Options {
     /// End this process's run after this many steps (the config's run length is unchanged, so
     /// a later process resumes it).
     pub stop_after: Option<u64>,
+    /// Model FLOPs per training token (`elf_model::flops`), for the FLOP rate and MFU.
+    pub flops_per_token: Option<f64>,
+    /// Peak FLOP/s of one training worker's device, for MFU (`--peak-flops`).
+    pub peak_flops: Option<f64>,
 }
 
 /// A started coordinator.
@@ -141,6 +146,7 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         tracing::info!(checkpoint = %dir.display(), step = m.step, world_size = m.world_size, "resuming");
     }
     let start = Step(resume.as_ref().map_or(0, |(_, m)| m.next_step));
+    let admission_resume = resume.as_ref().map(|(d, _)| d.display());
     let yaml = c.to_yaml();
     folder
         .fetch_metrics()
@@ -195,13 +201,33 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
             checkpoint_root: root_spec.clone(),
             heartbeat: Duration::from_millis(c.cluster.heartbeat_ms),
             run_id: run_id.clone(),
-            resume_from: resume.map(|(d, _)| d.display()),
+            resume_from: admission_resume.clone(),
         },
         info: RunInfo {
             run_id,
             config_hash: hash,
             tokens_per_step: settings.run.tokens_per_step as f64,
             events: opts.events,
+            facts: board::Facts {
+                run: board::RunView {
+                    location: folder.run.display(),
+                    model: match &c.model_dims {
+                        Some(d) => format!(
+                            "{} (hidden {}, depth {}, heads {})",
+                            c.model, d.hidden, d.depth, d.heads
+                        ),
+                        None => c.model.clone(),
+                    },
+                    resumed_from: admission_resume.clone(),
+                    start_step: start.0,
+                    started_unix: 0.0,
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+                samples_per_step: c.global_batch_size as u64,
+                tokens_per_step: settings.run.tokens_per_step,
+                flops_per_token: opts.flops_per_token,
+                peak_flops: opts.peak_flops,
+            },
         },
         start,
     })
@@ -300,15 +326,35 @@ pub async fn start(rc: ResolvedConfig, facts: RunFacts, opts: Options) -> anyhow
     })
 }
 
-/// Serves `/healthz` (the process is alive), `/readyz` (the driver answers: the coordinator
-/// serves), `/metrics` and `/status` (from the driver's status document). Nothing here changes
-/// anything.
+/// The status page: one self-contained HTML file (inline script and style, no external
+/// asset) that polls `/status` once a second.
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// Serves `/` (the status page), `/healthz` (the process is alive), `/readyz` (the driver
+/// answers: the coordinator serves), `/metrics` and `/status` (the driver's status document).
+/// Nothing here changes anything.
 async fn serve_http(listener: TcpListener, handle: Handle, metrics: Arc<Metrics>) {
     elf_protocol::http::serve(listener, move |path| {
         let (handle, metrics) = (handle.clone(), metrics.clone());
         async move {
-            if path == "/healthz" {
-                return (200, "text/plain", "ok\n".into());
+            match path.as_str() {
+                "/healthz" => return (200, "text/plain", "ok\n".into()),
+                "/" | "/index.html" => {
+                    return (200, "text/html; charset=utf-8", STATUS_PAGE.to_string());
+                }
+                "/status" => {
+                    // The driver copies its state into the document; serialising it happens
+                    // here, off the driver.
+                    return match handle.page().await {
+                        Ok(p) => (
+                            200,
+                            "application/json",
+                            serde_json::to_string(&p).expect("status serialises"),
+                        ),
+                        Err(e) => (503, "text/plain", format!("{e}\n")),
+                    };
+                }
+                _ => {}
             }
             let status = match handle.status().await {
                 Ok(s) => s,
@@ -324,11 +370,6 @@ async fn serve_http(listener: TcpListener, handle: Handle, metrics: Arc<Metrics>
                     )
                 }
                 "/readyz" => (200, "text/plain", format!("serving: {}\n", status.phase)),
-                "/status" => (
-                    200,
-                    "application/json",
-                    serde_json::to_string(&status).expect("status serialises"),
-                ),
                 _ => (404, "text/plain", "not found\n".into()),
             }
         }

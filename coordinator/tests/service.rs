@@ -48,6 +48,8 @@ async fn start(dir: &Path, stop_after: Option<u64>) -> Running {
         Options {
             listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
+            flops_per_token: None,
+            peak_flops: None,
             run: dir.display().to_string(),
             cache_dir: None,
             security: Default::default(),

@@ -27,6 +27,10 @@ pub struct RunControl {
     /// Stop after this many steps of the run (a later process resumes it).
     #[arg(long)]
     pub stop_after: Option<u64>,
+    /// Peak FLOP/s of one training worker's device (e.g. 9.89e14 for an H100/H200 in bf16),
+    /// for the MFU on the status page and in `elf_mfu_ratio` (unset: no MFU is reported).
+    #[arg(long, env = "ELF_PEAK_FLOPS")]
+    pub peak_flops: Option<f64>,
 }
 
 /// How the gRPC channel between coordinator and workers is authenticated (see
@@ -108,8 +112,14 @@ pub fn load_run_config(
 /// Starts a coordinator for `rc`: sizes the run from its dataset, then serves.
 pub async fn start_coordinator(
     rc: ResolvedConfig,
-    opts: Options,
+    mut opts: Options,
 ) -> anyhow::Result<elf_coordinator::Running> {
+    if let Some(p) = opts.peak_flops
+        && !(p.is_finite() && p > 0.0)
+    {
+        anyhow::bail!("--peak-flops {p}: must be a positive number of FLOP/s");
+    }
+    opts.flops_per_token = Some(elf_model::flops::config_flops_per_token(&rc.config));
     let facts = {
         let rc = rc.clone();
         tokio::task::spawn_blocking(move || elf_dataset::run_facts(&rc)).await??
@@ -207,6 +217,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
         events: true,
         resume: a.run.resume,
         stop_after: a.run.stop_after,
+        flops_per_token: None,
+        peak_flops: a.run.peak_flops,
     };
     let outcome = rt.block_on(async move {
         let running = start_coordinator(rc, opts).await?;

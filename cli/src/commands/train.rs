@@ -54,9 +54,12 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
         events: false,
         resume: a.run.resume.clone(),
         stop_after: a.run.stop_after,
+        flops_per_token: None,
+        peak_flops: a.run.peak_flops,
     };
     let mut running = rt.block_on(start_coordinator(rc, opts))?;
     let url = format!("http://{}", running.grpc_addr);
+    eprintln!("status page: http://{}/", running.http_addr);
     // Share the cores between the replicas rather than oversubscribing them.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = a
