@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: the save's blocked time and upload throughput against the raw disk.
 //! - [`sample`]: sampling against bare network passes.
 //! - [`eval`]: training throughput with an eval worker against without.
+//! - [`status`]: what one open status page costs the coordinator, against one core.
 //! - this file: the subcommand, and the anchor's config and batches the step benches share.
 
 mod allreduce;
@@ -15,6 +16,7 @@ mod checkpoint;
 mod data;
 mod eval;
 mod sample;
+mod status;
 mod step;
 
 use std::path::PathBuf;
@@ -116,6 +118,13 @@ pub enum BenchCmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// What one open status page (a `/status` refresh per second) costs the coordinator,
+    /// with every bounded list of the page full, as a share of one core.
+    Status {
+        /// Timed repetitions of each figure (the median is printed).
+        #[arg(long, default_value_t = 200)]
+        reps: usize,
+    },
     /// One process of `bench allreduce` (internal).
     #[command(hide = true)]
     RingPeer(RingPeerArgs),
@@ -214,6 +223,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             batches,
             h200_tokens_per_s,
         } => data::bench_data(rows, batches, h200_tokens_per_s),
+        BenchCmd::Status { reps } => status::bench_status(reps),
     }
 }
 
