@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a fresh machine: installs what the tests call (promtool from
-# Debian's prometheus package, the Python fixture writers from PyPI), checks the deploy/
-# manifests offline (deploy/check), fuzzes the parsers for a bounded time (scripts/fuzz.sh),
-# then `cargo test`.
+# Debian's prometheus package, Debian's chromium for the status-page test, the Python fixture
+# writers from PyPI), checks the deploy/ manifests offline (deploy/check), fuzzes the parsers
+# for a bounded time (scripts/fuzz.sh), then `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v promtool >/dev/null 2>&1; then
+if ! command -v promtool >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus chromium >/dev/null
 fi
 python3 -m pip install -q -r scripts/requirements-test.txt
 # The Kubernetes manifests under deploy/ (offline: kubectl kustomize, strict schemas, CEL, the

@@ -10,10 +10,12 @@
 //! - [`artifacts`]: what a run leaves: metrics lines, final parameters, and the assertion that
 //!   two runs trained the same model.
 //! - [`s3`]: moto's S3 server on loopback.
+//! - [`browser`]: headless chromium on a loopback page: its DOM, its requests, a screenshot.
 //! - [`netns`]: several hosts on one machine ([`Net`], [`Host`]): network namespaces on one
 //!   switch, each with its own address and private directory, links that can be cut or capped.
 
 pub mod artifacts;
+pub mod browser;
 pub mod cluster;
 pub mod netns;
 pub mod process;
