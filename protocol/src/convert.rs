@@ -42,14 +42,18 @@ pub enum DecodeError {
 /// Writes `From` both ways between a domain struct and its wire twin with the same fields.
 macro_rules! twins {
     ($domain:ty, $wire:ty, { $($f:ident),* $(,)? }) => {
+        twins!($domain, $wire, { $($f),* }, optional {});
+    };
+    // `optional` fields are `Option`s of twin types themselves.
+    ($domain:ty, $wire:ty, { $($f:ident),* $(,)? }, optional { $($o:ident),* $(,)? }) => {
         impl From<$domain> for $wire {
             fn from(x: $domain) -> Self {
-                Self { $($f: x.$f),* }
+                Self { $($f: x.$f,)* $($o: x.$o.map(Into::into),)* }
             }
         }
         impl From<$wire> for $domain {
             fn from(x: $wire) -> Self {
-                Self { $($f: x.$f),* }
+                Self { $($f: x.$f,)* $($o: x.$o.map(Into::into),)* }
             }
         }
     };
@@ -71,39 +75,17 @@ twins!(Applied, wire::Applied, {
     non_finite,
 });
 twins!(Losses, wire::Losses, { loss, ce_loss, l2_loss });
-impl From<WorkerStatus> for wire::WorkerStatus {
-    fn from(w: WorkerStatus) -> Self {
-        Self {
-            id: w.id,
-            device: w.device,
-            collective_addr: w.collective_addr,
-            role: w.role,
-            heartbeat_age_seconds: w.heartbeat_age_seconds,
-            last_step: w.last_step,
-            rank: w.rank,
-            last_timings: w.last_timings.map(Into::into),
-            straggler_ratio: w.straggler_ratio,
-            straggler: w.straggler,
-        }
-    }
-}
-
-impl From<wire::WorkerStatus> for WorkerStatus {
-    fn from(w: wire::WorkerStatus) -> Self {
-        Self {
-            id: w.id,
-            device: w.device,
-            collective_addr: w.collective_addr,
-            role: w.role,
-            heartbeat_age_seconds: w.heartbeat_age_seconds,
-            last_step: w.last_step,
-            rank: w.rank,
-            last_timings: w.last_timings.map(Into::into),
-            straggler_ratio: w.straggler_ratio,
-            straggler: w.straggler,
-        }
-    }
-}
+twins!(WorkerStatus, wire::WorkerStatus, {
+    id,
+    device,
+    collective_addr,
+    role,
+    heartbeat_age_seconds,
+    last_step,
+    rank,
+    straggler_ratio,
+    straggler,
+}, optional { last_timings });
 
 fn missing(message: &'static str, field: &'static str) -> DecodeError {
     DecodeError::Missing { message, field }
