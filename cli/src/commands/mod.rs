@@ -4,6 +4,7 @@
 //! - [`train`]: `elf train`, a run on this machine (embedded coordinator, local workers).
 //! - [`cluster`]: `elf coordinator` and `elf worker`, a run across machines.
 //! - [`eval`]: `elf sample` and `elf eval` on committed checkpoints.
+//! - [`score`]: `elf score`, BLEU and ROUGE of any hypothesis file.
 //! - [`plot`]: `elf plot`, an SVG of a run's metrics.
 //! - [`config`]: `elf config check`.
 //! - [`model`]: `elf model params|forward`.
@@ -17,4 +18,5 @@ pub mod data;
 pub mod eval;
 pub mod model;
 pub mod plot;
+pub mod score;
 pub mod train;
