@@ -84,6 +84,17 @@ fn paper_configs_carry_the_spec_values() {
     ] {
         assert!(out.contains(needle), "{needle} missing in\n{out}");
     }
+    // The reference keys that cannot apply are reported, and the hash stays the last line.
+    for needle in [
+        "# no effect here: use_wandb (",
+        "# no effect here: wandb_run_name (",
+    ] {
+        assert!(out.contains(needle), "{needle} missing in\n{out}");
+    }
+    assert!(
+        out.lines().last().unwrap().starts_with("# config hash: "),
+        "{out}"
+    );
     let out = ok(&elf(&["config", "check", "configs/train_de-en_ELF-B.yml"]));
     assert!(
         out.contains("pad_token: eos")

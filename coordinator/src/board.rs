@@ -568,6 +568,11 @@ impl Board {
         };
     }
 
+    /// This coordinator committed a step.
+    pub fn committed_any(&self) -> bool {
+        self.committed_any
+    }
+
     /// The goodput account.
     pub fn goodput(&mut self) -> &mut Goodput {
         &mut self.goodput

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use elf_shared::events;
+use elf_shared::ids::Step;
 use elf_shared::messages::{EvalOutcome, EvalStatus, Losses, RunStatus};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -135,6 +136,27 @@ pub struct RunInfo {
     pub events: bool,
     /// What the status page needs to know of the run.
     pub facts: board::Facts,
+    /// Steps per logged window (the reference's `log_freq`).
+    pub log_freq: u64,
+}
+
+/// The losses of the steps since the last logged window (the reference prints their means
+/// every `log_freq` steps, with the steps per second over the window).
+#[derive(Debug)]
+struct Window {
+    steps: u64,
+    sums: [f64; 3],
+    since: Instant,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            steps: 0,
+            sums: [0.0; 3],
+            since: Instant::now(),
+        }
+    }
 }
 
 /// The driver task's state.
@@ -158,10 +180,10 @@ pub struct Driver {
     board: Board,
     /// When each saved step committed (the start of its checkpoint's save).
     saves_started: std::collections::BTreeMap<u64, Instant>,
-    /// This process committed a step.
-    committed_any: bool,
     /// Goodput seconds already added to the counters (good, bad by cause).
     exported: (f64, std::collections::BTreeMap<Cause, f64>),
+    /// The current logging window.
+    window: Window,
 }
 
 impl std::fmt::Debug for Driver {
@@ -223,8 +245,8 @@ impl Driver {
             pending: Default::default(),
             board,
             saves_started: Default::default(),
-            committed_any: false,
             exported: Default::default(),
+            window: Window::new(),
         };
         Ok((
             driver,
@@ -349,15 +371,43 @@ impl Driver {
         (finished, changed)
     }
 
+    /// Adds a committed step to the logging window; every `log_freq` steps logs the window's
+    /// mean loss parts, its steps per second, the lr and the fractional epoch, and starts a
+    /// new one.
+    fn log_window(&mut self, step: Step, (loss, l2, ce): (f64, f64, f64), lr: f64) {
+        let w = &mut self.window;
+        w.steps += 1;
+        for (s, v) in w.sums.iter_mut().zip([loss, l2, ce]) {
+            *s += v;
+        }
+        if !step.ends_interval(self.info.log_freq) {
+            return;
+        }
+        let n = w.steps as f64;
+        let secs = w.since.elapsed().as_secs_f64().max(1e-9);
+        let spe = self.model.settings().run.steps_per_epoch.max(1);
+        tracing::info!(
+            step = step.count(),
+            epoch = format!("{:.3}", step.count() as f64 / spe as f64),
+            train_loss = w.sums[0] / n,
+            train_l2_loss = w.sums[1] / n,
+            train_ce_loss = w.sums[2] / n,
+            lr,
+            steps_per_s = format!("{:.3}", n / secs),
+            "train window"
+        );
+        self.window = Window::new();
+    }
+
     /// What the wall clock is spent on from now until the next input (the goodput account).
     fn activity(&self) -> Activity {
-        let resumed = self.board_facts_resumed();
+        let resumed = self.info.facts.run.resumed_from.is_some();
         match self.model.activity().0 {
-            RunState::Training if self.committed_any => Activity::Training,
+            RunState::Training if self.board.committed_any() => Activity::Training,
             RunState::Training if resumed => Activity::Idle(Cause::Restore),
             RunState::Training => Activity::Idle(Cause::Startup),
             RunState::WaitingForQuorum
-                if !self.committed_any && self.model.members().iter().next().is_none() =>
+                if !self.board.committed_any() && self.model.members().iter().next().is_none() =>
             {
                 Activity::Idle(Cause::Startup)
             }
@@ -369,10 +419,6 @@ impl Driver {
             RunState::Checkpointing => Activity::Idle(Cause::CheckpointWait),
             RunState::Evaluating | RunState::Done | RunState::Failed => Activity::Over,
         }
-    }
-
-    fn board_facts_resumed(&self) -> bool {
-        self.info.facts.run.resumed_from.is_some()
     }
 
     /// Adds the goodput account's growth since the last export to the counters, and sets
@@ -501,7 +547,6 @@ impl Driver {
                     c.quorum.ranks.len(),
                     secs,
                 );
-                self.committed_any = true;
                 let pr = self.board.progress(self.model.settings().end());
                 if let Some(f) = pr.model_flops_per_s {
                     self.metrics.model_flops_per_second.set(f);
@@ -520,6 +565,7 @@ impl Driver {
                     p.loss = (a.loss, a.ce_loss, a.l2_loss);
                     p.tokens_per_s = tokens_per_s;
                 });
+                self.log_window(c.step, (a.loss, a.l2_loss, a.ce_loss), c.lr);
                 self.emit("step", json!({"step": c.step.0}));
                 self.recorder.record(Line {
                     commit: c,

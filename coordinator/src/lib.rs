@@ -42,6 +42,7 @@ use elf_protocol::wire::coordinator_server::CoordinatorServer;
 use elf_shared::config::ResolvedConfig;
 use elf_shared::events;
 use elf_shared::ids::Step;
+use elf_shared::manifest::Manifest;
 use elf_shared::messages::Admission;
 use elf_shared::run::RunFacts;
 use elf_store::{Location, checkpoints};
@@ -118,6 +119,37 @@ struct Prepared {
     start: Step,
 }
 
+/// The config's `resume` (the reference's key): a checkpoint folder, or a run folder or
+/// checkpoint root resolved to its newest valid checkpoint, as the reference resolves a path
+/// without `checkpoint_` to the latest inside. A path that does not exist starts the run
+/// afresh with a warning, as the reference does (its XSum config names its own output folder
+/// before the first run); one that exists without a valid checkpoint is an error.
+fn reference_resume(spec: &str) -> anyhow::Result<Option<(Location, Manifest)>> {
+    let at = || format!("resume: {spec}");
+    let loc = Location::parse(spec).with_context(at)?;
+    if loc.join("manifest.json").exists().with_context(at)? {
+        let m = checkpoints::read_manifest(&loc).with_context(at)?;
+        checkpoints::verify(&loc, &m).with_context(at)?;
+        return Ok(Some((loc, m)));
+    }
+    for root in [loc.join("checkpoints"), loc.clone()] {
+        if let Some(found) = checkpoints::newest_valid(&root).with_context(at)? {
+            return Ok(Some(found));
+        }
+    }
+    if loc.is_dir().with_context(at)? {
+        anyhow::bail!(
+            "{}: holds no valid checkpoint (nor does its checkpoints/ folder)",
+            at()
+        );
+    }
+    tracing::warn!(
+        resume = spec,
+        "resume: nothing there yet; starting from scratch, as the reference does"
+    );
+    Ok(None)
+}
+
 /// Finds the checkpoint to resume, checks it belongs to this run, prepares the run folder and
 /// builds the model (blocking IO; run off the async runtime).
 fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Result<Prepared> {
@@ -131,14 +163,19 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
         .clone()
         .unwrap_or_else(|| folder.run.join("checkpoints").display());
     let root = Location::parse(&root_spec)?;
-    let resume = match &opts.resume {
-        Some(url) => {
+    let from_config = match (&opts.resume, &c.resume) {
+        (None, Some(spec)) => reference_resume(spec)?,
+        _ => None,
+    };
+    let resume = match (&opts.resume, from_config) {
+        (Some(url), _) => {
             let dir = Location::parse(url)?;
             let m = checkpoints::read_manifest(&dir)?;
             checkpoints::verify(&dir, &m)?;
             Some((dir, m))
         }
-        None => checkpoints::newest_valid(&root)
+        (None, Some(found)) => Some(found),
+        (None, None) => checkpoints::newest_valid(&root)
             .with_context(|| format!("{root_spec}: cannot tell which checkpoint to resume"))?,
     };
     if let Some((dir, m)) = &resume {
@@ -208,6 +245,7 @@ fn prepare(rc: ResolvedConfig, facts: RunFacts, opts: &Options) -> anyhow::Resul
             config_hash: hash,
             tokens_per_step: settings.run.tokens_per_step as f64,
             events: opts.events,
+            log_freq: c.log_freq,
             facts: board::Facts {
                 run: board::RunView {
                     location: folder.run.display(),

@@ -106,7 +106,16 @@ pub fn load_run_config(
     if let Some(n) = workers {
         set.push(format!("cluster.workers={n}"));
     }
-    crate::load_config(path, &set)
+    let rc = crate::load_config(path, &set)?;
+    let inert = rc.inert_keys();
+    if !inert.is_empty() {
+        tracing::warn!(
+            "{}: these reference keys have no effect here: {}",
+            path.display(),
+            inert.join("; ")
+        );
+    }
+    Ok(rc)
 }
 
 /// Starts a coordinator for `rc`: sizes the run from its dataset, then serves.

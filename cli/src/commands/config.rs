@@ -1,4 +1,5 @@
-//! `elf config check`: validate a config and print it resolved, with its hash.
+//! `elf config check`: validate a config and print it resolved, with its hash and the
+//! reference keys it sets that have no effect here.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,10 @@ pub fn run(cmd: ConfigCmd) -> anyhow::Result<()> {
         ConfigCmd::Check { file, set } => {
             let rc = crate::load_config(&file, &set)?;
             out::line(rc.config.to_yaml().trim_end());
+            // The hash stays the last line: scripts read it from there.
+            for k in rc.inert_keys() {
+                out::line(format!("# no effect here: {k}"));
+            }
             out::line(format!("# config hash: {}", rc.config.hash()));
             Ok(())
         }

@@ -20,9 +20,10 @@ pub struct TrainArgs {
     /// The run config (YAML).
     #[arg(long, default_value = "configs/quickstart.yaml")]
     pub config: PathBuf,
-    /// Where metrics, logs, the resolved config and samples go.
-    #[arg(long, default_value = "runs/quickstart")]
-    pub run_dir: PathBuf,
+    /// Where metrics, logs, the resolved config and samples go (default: the config's
+    /// `output_dir` when it sets one, as the reference names its runs, else runs/quickstart).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
     /// Local worker processes (each a full replica; data parallel): sets `cluster.workers`
     /// (default: the config's), which is part of the resolved, hashed config.
     #[arg(long)]
@@ -42,13 +43,18 @@ pub struct TrainArgs {
 pub fn run(a: TrainArgs) -> anyhow::Result<()> {
     let rc = load_run_config(&a.config, &a.run.set, a.workers)?;
     let workers = rc.config.cluster.workers;
-    let logs = a.run_dir.join("logs");
+    let run_dir = match &a.run_dir {
+        Some(d) => d.clone(),
+        None if rc.sets("output_dir") => PathBuf::from(&rc.config.output_dir),
+        None => PathBuf::from("runs/quickstart"),
+    };
+    let logs = run_dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("{}: cannot create", logs.display()))?;
     let rt = runtime()?;
     let opts = Options {
         listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
-        run: a.run_dir.display().to_string(),
+        run: run_dir.display().to_string(),
         cache_dir: None,
         security: Default::default(),
         events: false,
@@ -149,8 +155,8 @@ pub fn run(a: TrainArgs) -> anyhow::Result<()> {
                     "the run completed, but these local workers exited with an error along the way"
                 );
             }
-            tracing::info!(steps, run_dir = %a.run_dir.display(), "training done");
-            match fs::read_to_string(a.run_dir.join("samples.txt")) {
+            tracing::info!(steps, run_dir = %run_dir.display(), "training done");
+            match fs::read_to_string(run_dir.join("samples.txt")) {
                 Ok(s) => out::line(s.trim_end()),
                 Err(_) => tracing::warn!("no samples were written"),
             }

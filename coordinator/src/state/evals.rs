@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use elf_shared::ids::{Step, WorkerId};
 use elf_shared::messages::{Directive, EvalJob, EvalReport};
+use elf_shared::run::Cadence;
 
 use super::{Effect, Model, Phase, Reply};
 use crate::refusal::Refusal;
@@ -69,7 +70,8 @@ impl Model {
     /// True when training workers run the eval jobs (no dedicated eval worker).
     fn inline_mode(&self) -> bool {
         let s = &self.settings;
-        s.eval_inline && (s.eval_every > 0 || s.eval_at_end) && !self.members.has_eval_worker()
+        let scheduled = s.eval_every > 0 || s.eval_at_end || s.run.evals != Cadence::Never;
+        s.eval_inline && scheduled && !self.members.has_eval_worker()
     }
 
     /// The directive of a dedicated eval worker: its job, the next queued one, `Done` once

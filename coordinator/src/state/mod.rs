@@ -56,7 +56,8 @@ pub struct Settings {
     pub run: RunFacts,
     /// A worker silent for longer is evicted.
     pub heartbeat_timeout: Duration,
-    /// Save after every this many steps (0: only at the end, when `save_final`).
+    /// Save after every this many steps (`checkpoint.interval_steps`; 0: the reference's
+    /// `save_freq` cadence of `run.saves`, and the end when `save_final`).
     pub save_interval: u64,
     /// Save after the last step this process runs.
     pub save_final: bool,
@@ -94,7 +95,16 @@ impl Settings {
 
     /// Returns true when the state after `step` is checkpointed.
     pub fn saves_after(&self, step: Step) -> bool {
-        step.ends_interval(self.save_interval) || (self.save_final && step.count() == self.end())
+        step.ends_interval(self.save_interval)
+            || self.run.saves.falls_after(step)
+            || self.evals_after(step)
+            || (self.save_final && step.count() == self.end())
+    }
+
+    /// Returns true when the reference's `eval_freq` cadence evaluates the state after `step`
+    /// (an eval job runs on a committed checkpoint, so that step is saved too).
+    pub fn evals_after(&self, step: Step) -> bool {
+        self.run.evals.falls_after(step)
     }
 
     /// Returns the key (hex) of `what` (`ring <quorum>`, `transfer <step> <joiner>`): a hash of

@@ -304,6 +304,7 @@ impl Model {
         let every = self.settings.eval_every;
         if (every > 0 && committed.is_multiple_of(every))
             || (self.settings.eval_at_end && m.step.count() == self.settings.end())
+            || self.settings.evals_after(m.step)
         {
             self.evals.queue(elf_shared::messages::EvalJob {
                 step: m.step,

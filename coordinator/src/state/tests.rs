@@ -29,6 +29,9 @@ fn settings_for(expected: usize, total: u64, batch: usize, shard: usize) -> Sett
         ..Config::default()
     };
     c.train.max_steps = Some(total);
+    // Only our sections' cadences, which each test sets (the reference's `save_freq` and
+    // `eval_freq` have tests of their own).
+    (c.save_freq, c.eval_freq) = (0.0, 0.0);
     c.train.branch_shard_size = shard;
     c.cluster.workers = expected;
     Settings {
@@ -1703,4 +1706,43 @@ fn evictions_quorum_changes_and_redone_steps_are_events_with_causes() {
         ev.iter()
             .any(|e| matches!(e, Event::StepRedone { step, .. } if *step == Step(0)))
     );
+}
+
+#[test]
+fn the_reference_frequencies_save_and_evaluate_at_their_steps() {
+    // 64 rows, batch 8: 8 steps per epoch. save_freq 0.5 saves every 4 steps; eval_freq 1
+    // evaluates (and so saves) at each epoch end.
+    let mut f = settings(1, 32);
+    f.run.saves = elf_shared::run::Cadence::saves(0.5, f.run.steps_per_epoch);
+    f.run.evals = elf_shared::run::Cadence::evals(1.0, f.run.steps_per_epoch);
+    f.eval_inline = false;
+    let saved: Vec<u64> = (0..16)
+        .map(Step)
+        .filter(|s| f.saves_after(*s))
+        .map(Step::count)
+        .collect();
+    assert_eq!(saved, [4, 8, 12, 16]);
+    f.run.evals = elf_shared::run::Cadence::evals(2.0, f.run.steps_per_epoch);
+    f.run.saves = elf_shared::run::Cadence::Never;
+    let saved: Vec<u64> = (0..32)
+        .map(Step)
+        .filter(|s| f.saves_after(*s))
+        .map(Step::count)
+        .collect();
+    assert_eq!(
+        saved,
+        [16, 32],
+        "eval epochs are saved even when save_freq does not fall"
+    );
+    let mut s = Sim::new(f);
+    s.register(member("a"));
+    for step in 0..16 {
+        s.commit_step(&["a"], step);
+    }
+    assert!(
+        !s.m.settings().evals_after(Step(7)),
+        "epoch 1 is not a multiple of 2"
+    );
+    s.manifest_written(15, true);
+    assert_eq!(s.m.evals.queued(), [Step(15)]);
 }

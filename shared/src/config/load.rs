@@ -47,6 +47,15 @@ impl Config {
         for ov in overrides {
             apply_override(&mut value, ov)?;
         }
+        let keys: Vec<String> = match &value {
+            Value::Mapping(m) => m
+                .keys()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect(),
+            _ => vec![],
+        };
+        batch_fallbacks(&mut value, source)?;
+        encoder_from_name(&mut value, source)?;
         let mut config: Config = from_value(value, source)?;
         if let Some(p) = config.sampling_configs_path.clone() {
             let file = resolve_relative(base_dir, &p).ok_or_else(|| ConfigError::Parse {
@@ -90,8 +99,92 @@ impl Config {
             config,
             source: source.to_string(),
             base_dir: base_dir.to_path_buf(),
+            keys,
         })
     }
+}
+
+/// The reference's batch fallbacks (spec §3.5): `batch_size` is per device (per worker here)
+/// and `-1` or `null` means unset; a `global_batch_size` of `-1` or `null` is
+/// `batch_size · cluster.workers`. The resolved config holds the number.
+fn batch_fallbacks(value: &mut Value, source: &str) -> Result<(), ConfigError> {
+    let Value::Mapping(m) = value else {
+        return Ok(());
+    };
+    let unset = |v: Option<&Value>| match v {
+        None => None,
+        Some(Value::Null) => Some(true),
+        Some(v) => Some(v.as_i64() == Some(-1)),
+    };
+    if unset(m.get("batch_size")) == Some(true) {
+        m.insert("batch_size".into(), Value::Null);
+    }
+    if unset(m.get("global_batch_size")) != Some(true) {
+        return Ok(());
+    }
+    let workers = m
+        .get("cluster")
+        .and_then(|c| c.get("workers"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let per = m
+        .get("batch_size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| ConfigError::Parse {
+            path: source.to_string(),
+            message: "global_batch_size: -1/null needs a per-worker batch_size to derive it from"
+                .into(),
+        })?;
+    m.insert("global_batch_size".into(), Value::from(per * workers));
+    Ok(())
+}
+
+/// The reference picks the encoder's shape by `encoder_model_name`; so do we when the config
+/// has no `encoder` section of its own (which, when present, is the shape).
+fn encoder_from_name(value: &mut Value, source: &str) -> Result<(), ConfigError> {
+    let Value::Mapping(m) = value else {
+        return Ok(());
+    };
+    if m.contains_key("encoder") {
+        return Ok(());
+    }
+    let Some(name) = m.get("encoder_model_name").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let err = |message: String| ConfigError::Parse {
+        path: source.to_string(),
+        message,
+    };
+    let short = name.rsplit('/').next().unwrap_or(name);
+    // (d_model, d_kv, num_heads, d_ff, num_layers) of the HF configs.
+    let dims = match short {
+        "t5-small" => (512, 64, 8, 2048, 6),
+        "t5-base" => (768, 64, 12, 3072, 12),
+        "t5-large" => (1024, 64, 16, 4096, 24),
+        n if n.starts_with("t5-v1_1") || n.starts_with("t5-efficient") => {
+            return Err(err(format!(
+                "encoder_model_name: {name} has a gated-GELU feed-forward, which this build's T5 encoder does not have (t5-small, t5-base and t5-large do)"
+            )));
+        }
+        _ => {
+            return Err(err(format!(
+                "encoder_model_name: unknown encoder {name:?} (t5-small, t5-base or t5-large; or give its shape in an `encoder` section)"
+            )));
+        }
+    };
+    let (d_model, d_kv, num_heads, d_ff, num_layers) = dims;
+    let mut e = serde_yaml_ng::Mapping::new();
+    for (k, v) in [
+        ("d_model", d_model),
+        ("d_kv", d_kv),
+        ("num_heads", num_heads),
+        ("d_ff", d_ff),
+        ("num_layers", num_layers),
+    ] {
+        e.insert(k.into(), Value::from(v as u64));
+    }
+    m.insert("encoder".into(), Value::Mapping(e));
+    Ok(())
 }
 
 /// Reads a config file of at most [`MAX_CONFIG_BYTES`] without reading more than that.

@@ -142,7 +142,9 @@ pub struct Config {
     pub warmup_epochs: Option<f64>,
     /// Warmup in steps; negative falls back to `warmup_epochs`.
     pub warmup_steps: i64,
-    /// Accepted for compatibility; the per-rank batch is derived from the world size.
+    /// The reference's per-device batch (per worker here; `-1`/`null` unset): gives
+    /// `global_batch_size` when that is `-1`/`null`; otherwise the per-rank batch is derived
+    /// from the world size.
     pub batch_size: Option<usize>,
     /// Global batch `G`.
     pub global_batch_size: usize,
@@ -327,9 +329,68 @@ pub struct ResolvedConfig {
     pub source: String,
     /// The folder relative paths in the config are resolved against.
     pub base_dir: PathBuf,
+    /// The top-level keys the file (and its overrides) set.
+    pub keys: Vec<String>,
 }
 
+/// Reference keys that load and cannot take effect here, with the reason each is inert.
+const INERT: [(&str, &str); 9] = [
+    (
+        "use_wandb",
+        "no wandb logging: metrics go to <run>/metrics/*.jsonl and /metrics",
+    ),
+    ("wandb_project", "no wandb logging"),
+    ("wandb_entity", "no wandb logging"),
+    ("wandb_run_name", "no wandb logging"),
+    ("wandb_tag", "no wandb logging"),
+    ("wandb_resume", "no wandb logging"),
+    (
+        "hf_repo_id",
+        "runs are not uploaded to the hub: checkpoints go to checkpoint.url",
+    ),
+    (
+        "num_workers",
+        "data loading is ours (prefetching readers per worker)",
+    ),
+    ("attn_dropout", "never applied, as in the reference"),
+];
+
 impl ResolvedConfig {
+    /// Returns true when the file (or an override) set the top-level key `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| k == key)
+    }
+
+    /// The reference keys this config sets to a value that cannot take effect here, each with
+    /// the reason (`key (reason)`); null, false and zero values are inert everywhere and are not
+    /// listed. `batch_size` is listed when `global_batch_size` is set beside it.
+    pub fn inert_keys(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut out = vec![];
+        for (key, why) in INERT {
+            let live = match key {
+                "use_wandb" => c.use_wandb,
+                "wandb_project" | "wandb_resume" => c.use_wandb,
+                "wandb_entity" => c.wandb_entity.is_some(),
+                "wandb_run_name" => c.use_wandb && c.wandb_run_name.is_some(),
+                "wandb_tag" => c.wandb_tag.is_some(),
+                "hf_repo_id" => c.hf_repo_id.is_some(),
+                "num_workers" => c.num_workers > 0,
+                _ => c.attn_dropout > 0.0,
+            };
+            if live && self.sets(key) {
+                out.push(format!("{key} ({why})"));
+            }
+        }
+        if self.sets("batch_size") && c.batch_size.is_some() && self.sets("global_batch_size") {
+            out.push(format!(
+                "batch_size (global_batch_size {} is set; each worker's share follows from the world size)",
+                c.global_batch_size
+            ));
+        }
+        out
+    }
+
     /// Resolves a path or URL from the config: URLs pass through; relative paths are tried
     /// against the config's folder, then the working directory (as given when in neither).
     pub fn resolve(&self, p: &str) -> String {
@@ -366,9 +427,11 @@ impl Config {
     /// Returns the sha256 of what determines the trained model: the resolved config with the
     /// world size left out (`cluster.workers`: any world size trains the same model, so a run
     /// may resume at another one), and the non-finite step policy (`train.skip_nonfinite`: it
-    /// changes nothing in a run whose steps are finite).
+    /// changes nothing in a run whose steps are finite), nor `resume` (where a run resumes
+    /// from is not what it trains).
     pub fn training_hash(&self) -> ConfigHash {
         let mut c = self.clone();
+        c.resume = None;
         c.cluster.workers = ClusterSection::default().workers;
         c.train.skip_nonfinite = TrainSection::default().skip_nonfinite;
         c.hash()
@@ -387,7 +450,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: dir.to_string(),
                 problems: vec![format!(
-                    "written by config {} but this config hashes to {}; resume with the same config (only cluster.workers and train.skip_nonfinite may differ) or use a new run dir",
+                    "written by config {} but this config hashes to {}; resume with the same config (only cluster.workers, train.skip_nonfinite and resume may differ) or use a new run dir",
                     other.hash(),
                     self.hash()
                 )],

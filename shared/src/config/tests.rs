@@ -440,3 +440,124 @@ fn skip_nonfinite_is_a_train_key_outside_the_training_hash() {
         "{e}"
     );
 }
+
+#[test]
+fn the_reference_batch_fallbacks_derive_the_global_batch() {
+    let r = Config::from_yaml(
+        "global_batch_size: -1\nbatch_size: 8\n",
+        "t.yaml",
+        Path::new("."),
+        &[
+            "cluster.workers=4".into(),
+            "train.branch_shard_size=8".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (r.config.global_batch_size, r.config.batch_size),
+        (32, Some(8))
+    );
+    let c = parse("global_batch_size: null\nbatch_size: 16\n")
+        .unwrap()
+        .config;
+    assert_eq!(c.global_batch_size, 16);
+    let c = parse("batch_size: -1\n").unwrap().config;
+    assert_eq!((c.batch_size, c.global_batch_size), (None, 512));
+    let e = parse("global_batch_size: -1\n").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "test.yaml: global_batch_size: -1/null needs a per-worker batch_size to derive it from"
+    );
+    // Set beside global_batch_size, batch_size does nothing, and says so.
+    let r = parse("global_batch_size: 64\nbatch_size: 8\n").unwrap();
+    assert_eq!(r.inert_keys().len(), 1);
+    assert!(r.inert_keys()[0].starts_with("batch_size (global_batch_size 64 is set"));
+}
+
+#[test]
+fn encoder_model_name_chooses_the_encoder_shape() {
+    let e = |t: &str| parse(t).unwrap().config.encoder;
+    let small = e("encoder_model_name: t5-small\n");
+    assert_eq!(small, EncoderDims::default());
+    let base = e("encoder_model_name: t5-base\n");
+    assert_eq!(
+        (
+            base.d_model,
+            base.d_kv,
+            base.num_heads,
+            base.d_ff,
+            base.num_layers
+        ),
+        (768, 64, 12, 3072, 12)
+    );
+    let large = e("encoder_model_name: google-t5/t5-large\n");
+    assert_eq!(
+        (large.d_model, large.num_heads, large.num_layers),
+        (1024, 16, 24)
+    );
+    // An explicit section is the shape.
+    let own = e("encoder_model_name: t5-base\nencoder:\n  d_model: 32\n");
+    assert_eq!(own.d_model, 32);
+    let err = parse("encoder_model_name: google/t5-v1_1-small\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gated-GELU feed-forward"), "{err}");
+    let err = parse("encoder_model_name: bert-base\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("encoder_model_name: unknown encoder \"bert-base\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn architectures_this_build_lacks_are_refused_naming_the_key() {
+    for (yaml, key) in [
+        (
+            "num_self_cond_cfg_tokens: 0\n",
+            "num_self_cond_cfg_tokens: 0",
+        ),
+        ("num_model_mode_tokens: 0\n", "num_model_mode_tokens: 0"),
+        ("proj_dropout: 0.1\n", "proj_dropout: 0.1 is not applied"),
+    ] {
+        let e = parse(yaml).unwrap_err().to_string();
+        assert!(e.contains(key), "{yaml}: {e}");
+    }
+    // self_cond_prob: 0 is a valid config (no sample self-conditions).
+    assert_eq!(
+        parse("self_cond_prob: 0\n").unwrap().config.self_cond_prob,
+        0.0
+    );
+}
+
+#[test]
+fn reference_keys_that_cannot_apply_are_listed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let r = Config::load(&dir.join("train_owt_ELF-B.yml"), &[]).unwrap();
+    let inert = r.inert_keys();
+    let names: Vec<&str> = inert.iter().map(|k| k.split(' ').next().unwrap()).collect();
+    // hf_repo_id: null and resume: null are inert everywhere and not listed.
+    assert_eq!(
+        names,
+        ["use_wandb", "wandb_project", "wandb_run_name"],
+        "{inert:?}"
+    );
+    assert!(r.sets("output_dir") && r.sets("save_freq") && !r.sets("eval"));
+    let r = parse("hf_repo_id: me/run\nnum_workers: 4\nattn_dropout: 0.1\n").unwrap();
+    let names: Vec<String> = r
+        .inert_keys()
+        .iter()
+        .map(|k| k.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["hf_repo_id", "num_workers", "attn_dropout"]);
+    assert!(parse("").unwrap().inert_keys().is_empty());
+}
+
+#[test]
+fn resume_is_outside_the_training_hash() {
+    let a = parse("seed: 3\n").unwrap().config;
+    let b = parse("seed: 3\nresume: outputs/run\n").unwrap().config;
+    assert_ne!(a.hash(), b.hash());
+    assert_eq!(a.training_hash(), b.training_hash());
+}

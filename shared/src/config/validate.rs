@@ -185,6 +185,20 @@ impl Config {
         if self.train.micro_batch_size == Some(0) {
             p.push("train.micro_batch_size must be >= 1".into());
         }
+        // Architectures the reference allows that this build does not have are refused here,
+        // not trained as something else.
+        if self.num_self_cond_cfg_tokens == 0 {
+            p.push("num_self_cond_cfg_tokens: 0 (the reference's explicit two-pass SC-CFG combination, its dead code path) is not built; every shipped config uses 4".into());
+        }
+        if self.num_model_mode_tokens == 0 {
+            p.push("num_model_mode_tokens: 0 is not built (the decoder mode is signalled by the mode tokens); every shipped config uses 4".into());
+        }
+        if self.proj_dropout > 0.0 {
+            p.push(format!(
+                "proj_dropout: {} is not applied by this build (every shipped config uses 0.0); refusing rather than training without it",
+                self.proj_dropout
+            ));
+        }
         if self.sampling_configs.is_empty() {
             p.push("sampling_configs must not be empty".into());
         }
