@@ -82,10 +82,31 @@ impl TextTokenizer {
             .unwrap_or_default()
     }
 
-    /// Decodes ids, skipping special tokens.
+    /// Decodes ids as the reference's `tokenizer.batch_decode(ids, skip_special_tokens=True)`
+    /// does: special tokens skipped, then `clean_up_tokenization_spaces` (on by default in
+    /// `transformers<4.45`, which the reference pins), so " ." reads "." and " 's" reads "'s".
     pub fn decode(&self, ids: &[u32]) -> String {
-        self.inner.decode(ids, true).unwrap_or_default()
+        clean_up_tokenization(&self.inner.decode(ids, true).unwrap_or_default())
     }
+}
+
+/// `transformers`' `PreTrainedTokenizerBase.clean_up_tokenization` (4.44): the spaces before
+/// punctuation and English contractions removed, in this order.
+pub fn clean_up_tokenization(text: &str) -> String {
+    [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ]
+    .iter()
+    .fold(text.to_string(), |s, (from, to)| s.replace(from, to))
 }
 
 #[cfg(test)]

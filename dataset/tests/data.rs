@@ -213,6 +213,27 @@ fn tokenizer_ids_equal_the_reference_tokenizer_on_real_sentences() {
     assert!(n >= 300, "{n} sentences");
 }
 
+#[test]
+fn decoding_cleans_up_as_transformers_before_4_45() {
+    // Fixture: scripts/reference/decode_reference.py (transformers 4.44.2, tokenizers 0.19.1):
+    // real sentences with spaced punctuation and contractions, random ids, edge cases.
+    let t = TextTokenizer::t5();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode_ids.jsonl"),
+    )
+    .unwrap();
+    let mut n = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let want = v["text"].as_str().unwrap();
+        assert_eq!(t.decode(&ids(&v["ids"])), want, "{line}");
+        n += 1;
+    }
+    assert!(n >= 500, "{n} cases");
+    let ids = t.encode("it 's a dog 's life , is n't it ?");
+    assert_eq!(t.decode(&ids), "it's a dog's life, isn't it?");
+}
+
 /// The GPT-2 scorer's byte-level BPE tokenizer (a tokenizer.json made by Python `tokenizers`,
 /// scripts/reference/gpt2_reference.py) gives the ids Python gave, including an in-text
 /// `<|endoftext|>`.

@@ -57,6 +57,41 @@ pub fn time_grid(
     }
 }
 
+/// Samples that share one time grid. The reference draws a grid per device shard of each
+/// generation batch (spec §5.1), and the paper's generation batch of 512 over 32 devices gives
+/// 16 samples a shard; sample `i` of a generation uses the grid of group `i / 16`, whatever
+/// the batch it is generated in.
+pub const GRID_GROUP: u64 = 16;
+
+/// The time grid of each of `n` samples starting at global sample index `first`.
+pub fn row_grids(
+    spec: &SampleSpec,
+    p: &FlowParams,
+    seed: u64,
+    first: u64,
+    n: usize,
+) -> Vec<Vec<f64>> {
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let group = (first + i) / GRID_GROUP;
+        if i > 0 && group == (first + i - 1) / GRID_GROUP {
+            let prev = out[out.len() - 1].clone();
+            out.push(prev);
+            continue;
+        }
+        let mut st = Stream::new(seed, Purpose::SamplingGrid, 0, group);
+        out.push(time_grid(spec.schedule, spec.steps, p, &mut st));
+    }
+    out
+}
+
+/// A per-sample scalar as a `[n, 1, 1]` tensor that broadcasts over positions and features.
+fn column<B: Backend>(v: impl Iterator<Item = f64>, device: &B::Device) -> Tensor<B, 3> {
+    let v: Vec<f32> = v.map(|x| x as f32).collect();
+    let n = v.len();
+    tensor::<B, 3>(v, [n, 1, 1], device)
+}
+
 /// Builds the logit-normal grid `[0, sort(σ(μ + s·nᵢ)), 1]` from standard normals.
 pub fn grid_from_normals(normals: &[f64], p: &FlowParams) -> Vec<f64> {
     let mut inner: Vec<f64> = normals
@@ -80,11 +115,12 @@ pub struct Condition<B: Backend> {
     pub mask: Tensor<B, 3>,
 }
 
-/// One model evaluation `Eval(z, t, x̂_prev)` of spec §5.3; returns `(v, x)`.
+/// One model evaluation `Eval(z, t, x̂_prev)` of spec §5.3 at each sample's time `t[i]`;
+/// returns `(v, x)`.
 pub fn evaluate<B: Backend>(
     model: &Elf<B>,
     z: Tensor<B, 3>,
-    t: f64,
+    t: &[f64],
     x_prev: Tensor<B, 3>,
     cond: &Condition<B>,
     spec: &SampleSpec,
@@ -92,9 +128,10 @@ pub fn evaluate<B: Backend>(
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let [n, _, _] = z.dims();
     let device = z.device();
-    let tt = Tensor::<B, 1>::full([n], t, &device);
+    assert_eq!(t.len(), n, "one time per sample");
+    let tt = tensor::<B, 1>(t.iter().map(|&x| x as f32).collect(), [n], &device);
     let w = Tensor::<B, 1>::full([n], spec.sc_cfg, &device);
-    let inv = 1.0 / (1.0 - t).max(p.t_eps);
+    let inv = column::<B>(t.iter().map(|&t| 1.0 / (1.0 - t).max(p.t_eps)), &device);
     let free = cond.mask.clone().neg() + 1.0;
     let c_val = cond.latents.clone() * cond.mask.clone();
     let run = |z: Tensor<B, 3>, xp: Tensor<B, 3>| {
@@ -106,7 +143,7 @@ pub fn evaluate<B: Backend>(
                 Mode::Denoise,
             )
             .x;
-        let v = (x.clone() - z) * inv;
+        let v = (x.clone() - z) * inv.clone();
         (v, x)
     };
     let (v_c, x_c) = run(z.clone(), x_prev.clone());
@@ -123,8 +160,10 @@ pub fn evaluate<B: Backend>(
 
 /// Generates a batch and returns the argmax tokens of the decoder head at t = 1.
 ///
-/// `key` seeds the noise and grid of this batch (`(seed, batch index)`); `n` samples of `S`
-/// positions with latent width `E` = `cond.latents`' last dim. -> `[n, S]`
+/// `key` is `(seed, global index of the first sample)`: sample `first + i` draws its noise
+/// from its own stream and its time grid from its group of [`GRID_GROUP`], so a sample does
+/// not depend on the batch it is generated in. `n` samples of `S` positions with latent width
+/// `E` = `cond.latents`' last dim. -> `[n, S]`
 pub fn sample<B: Backend>(
     model: &Elf<B>,
     cond: &Condition<B>,
@@ -134,11 +173,10 @@ pub fn sample<B: Backend>(
 ) -> Tensor<B, 2, Int> {
     let [n, s, e] = cond.latents.dims();
     let device = cond.latents.device();
-    let (seed, batch) = key;
-    let mut grid_stream = Stream::new(seed, Purpose::SamplingGrid, batch, 0);
-    let grid = time_grid(spec.schedule, spec.steps, p, &mut grid_stream);
+    let (seed, first) = key;
+    let grids = row_grids(spec, p, seed, first, n);
     let mut noise_streams: Vec<Stream> = (0..n as u64)
-        .map(|i| Stream::new(seed, Purpose::SamplingNoise, batch, i))
+        .map(|i| Stream::new(seed, Purpose::SamplingNoise, 0, first + i))
         .collect();
     let noise = |streams: &mut [Stream]| {
         let mut v = vec![0f32; n * s * e];
@@ -154,31 +192,36 @@ pub fn sample<B: Backend>(
     let mut x_prev = c_val;
     let last = spec.steps - 1;
     for i in 0..spec.steps {
-        let (t0, t1) = (grid[i], grid[i + 1]);
+        let t0: Vec<f64> = grids.iter().map(|g| g[i]).collect();
+        let t1: Vec<f64> = grids.iter().map(|g| g[i + 1]).collect();
+        let t = (t0.as_slice(), t1.as_slice());
         (z, x_prev) = if spec.method == SamplingMethod::Sde && i < last {
             let eps = noise(&mut noise_streams);
-            sde_step(model, z, x_prev, (t0, t1), eps, cond, spec, p)
+            sde_step(model, z, x_prev, t, eps, cond, spec, p)
         } else {
-            ode_step(model, z, x_prev, (t0, t1), cond, spec, p)
+            ode_step(model, z, x_prev, t, cond, spec, p)
         };
     }
     decode(model, z, spec.sc_cfg)
 }
 
-/// One Euler step of the ODE from `t.0` to `t.1`; returns the new `z` and the x-estimate.
+/// One Euler step of the ODE from `t.0[i]` to `t.1[i]` for each sample `i`; returns the new
+/// `z` and the x-estimate.
 ///
 /// z, x_prev: `[n, S, E]` -> same
 pub fn ode_step<B: Backend>(
     model: &Elf<B>,
     z: Tensor<B, 3>,
     x_prev: Tensor<B, 3>,
-    t: (f64, f64),
+    t: (&[f64], &[f64]),
     cond: &Condition<B>,
     spec: &SampleSpec,
     p: &FlowParams,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let device = z.device();
     let (v, x) = evaluate(model, z.clone(), t.0, x_prev, cond, spec, p);
-    (z + v * (t.1 - t.0), x)
+    let h = column::<B>(t.0.iter().zip(t.1).map(|(a, b)| b - a), &device);
+    (z + v * h, x)
 }
 
 /// One SDE step with churn `γ` and fresh noise `eps` (spec §5.4); returns the new `z` and x.
@@ -189,20 +232,28 @@ pub fn sde_step<B: Backend>(
     model: &Elf<B>,
     z: Tensor<B, 3>,
     x_prev: Tensor<B, 3>,
-    t: (f64, f64),
+    t: (&[f64], &[f64]),
     eps: Tensor<B, 3>,
     cond: &Condition<B>,
     spec: &SampleSpec,
     p: &FlowParams,
 ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let device = z.device();
     let (t0, t1) = t;
-    let alpha = (1.0 - spec.gamma * (t1 - t0)).clamp(0.0, 1.0);
-    let tb = alpha * t0;
+    let alpha: Vec<f64> = t0
+        .iter()
+        .zip(t1)
+        .map(|(a, b)| (1.0 - spec.gamma * (b - a)).clamp(0.0, 1.0))
+        .collect();
+    let tb: Vec<f64> = alpha.iter().zip(t0).map(|(a, t)| a * t).collect();
     let free = cond.mask.clone().neg() + 1.0;
     let c_val = cond.latents.clone() * cond.mask.clone();
-    let zb = (z * alpha + eps * ((1.0 - alpha) * p.noise_scale)) * free + c_val;
-    let (v, x) = evaluate(model, zb.clone(), tb, x_prev, cond, spec, p);
-    (zb + v * (t1 - tb), x)
+    let keep = column::<B>(alpha.iter().copied(), &device);
+    let churn = column::<B>(alpha.iter().map(|a| (1.0 - a) * p.noise_scale), &device);
+    let zb = (z * keep + eps * churn) * free + c_val;
+    let (v, x) = evaluate(model, zb.clone(), &tb, x_prev, cond, spec, p);
+    let h = column::<B>(t1.iter().zip(&tb).map(|(b, a)| b - a), &device);
+    (zb + v * h, x)
 }
 
 /// Decodes latents with one decoder-mode pass at t = 1 and takes the argmax (spec §5.6).
@@ -267,6 +318,36 @@ mod tests {
         assert!(g.windows(2).all(|w| w[0] <= w[1]));
         let u = time_grid(TimeSchedule::Uniform, 4, &p, &mut s);
         assert_eq!(u, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn sixteen_samples_share_a_grid_whatever_the_batch() {
+        let p = FlowParams {
+            noise_scale: 2.0,
+            t_eps: 0.05,
+            p_mean: -1.5,
+            p_std: 0.8,
+        };
+        let spec = SampleSpec {
+            method: SamplingMethod::Sde,
+            steps: 32,
+            cfg: 1.0,
+            sc_cfg: 3.0,
+            schedule: TimeSchedule::LogitNormal,
+            gamma: 1.5,
+        };
+        let all = row_grids(&spec, &p, 7, 0, 40);
+        for (i, g) in all.iter().enumerate() {
+            assert_eq!(g, &all[i / 16 * 16], "sample {i} shares its group's grid");
+        }
+        assert_ne!(all[0], all[16]);
+        assert_ne!(all[16], all[32]);
+        // Batches of 24 and 16 (boundaries inside a group) give each sample the same grid.
+        let mut split = row_grids(&spec, &p, 7, 0, 24);
+        split.extend(row_grids(&spec, &p, 7, 24, 16));
+        assert_eq!(split, all);
+        // Another seed, other grids.
+        assert_ne!(row_grids(&spec, &p, 8, 0, 1)[0], all[0]);
     }
 
     #[test]

@@ -326,16 +326,16 @@ fn sampler_grid_ode_and_sde_steps_match_reference() {
         latents: x0.clone() * mask.clone(),
         mask,
     };
-    let (t0, t1) = (f("t0"), f("t1"));
+    let (t0, t1) = (vec![f("t0"); n], vec![f("t1"); n]);
     let (z, xp) = (g.t::<3>("sampler/z"), g.t::<3>("sampler/x_prev"));
-    let (z_ode, x_ode) = ode_step(&m, z.clone(), xp, (t0, t1), &cond, &spec, &p);
+    let (z_ode, x_ode) = ode_step(&m, z.clone(), xp, (&t0, &t1), &cond, &spec, &p);
     assert_close("ode z", &to_vec(z_ode), &g.v("sampler/z_ode"));
     assert_close("ode x", &to_vec(x_ode.clone()), &g.v("sampler/x_ode"));
     let (z_sde, x_sde) = sde_step(
         &m,
         z,
         x_ode,
-        (t0, t1),
+        (&t0, &t1),
         g.t::<3>("sampler/eps"),
         &cond,
         &spec,

@@ -127,7 +127,7 @@ pub fn sample_all<B: AutodiffBackend>(
     let total = prompts.map_or(n, <[Row]>::len);
     let batch = batch.max(1);
     let mut out = Vec::with_capacity(total);
-    for (b, start) in (0..total).step_by(batch).enumerate() {
+    for start in (0..total).step_by(batch) {
         let end = (start + batch).min(total);
         let rows = prompts.map(|p| &p[start..end]);
         let ids = generate(
@@ -138,7 +138,7 @@ pub fn sample_all<B: AutodiffBackend>(
             rows,
             end - start,
             spec,
-            (seed, b as u64),
+            (seed, start as u64),
             device,
         )?;
         for (k, tokens) in ids.into_iter().enumerate() {
@@ -180,7 +180,10 @@ pub fn run_name(spec: &SampleSpec, conditional: bool) -> String {
     }
     s.push_str(&format!("-ts_{schedule}"));
     if matches!(spec.method, Method::Sde) {
-        s.push_str(&format!("-gamma{}", fmt_num(spec.gamma)));
+        // `sde_gamma` is a float field of the reference's dataclass, and Python prints a float
+        // with its point: `gamma1.0`, not `gamma1` (the cfg and SC-CFG scales of the shipped
+        // YAMLs are ints: `cfg1`, `sccfg3`).
+        s.push_str(&format!("-gamma{}", py_float(spec.gamma)));
     }
     s.push_str(if conditional { "-cond" } else { "-uncond" });
     s
@@ -190,6 +193,15 @@ pub fn run_name(spec: &SampleSpec, conditional: bool) -> String {
 fn fmt_num(x: f64) -> String {
     if x.fract() == 0.0 {
         format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Python's `str(float)` for the small numbers in run names (`1.0` -> `1.0`, `1.5` -> `1.5`).
+fn py_float(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e16 {
+        format!("{x:.1}")
     } else {
         format!("{x}")
     }
@@ -471,4 +483,51 @@ pub fn run_job<B: AutodiffBackend>(
         out.push(r);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{effective, sweep};
+    use elf_shared::config::load_sampling_configs;
+
+    fn shipped(file: &str) -> Vec<SampleSpec> {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/sampling_configs");
+        load_sampling_configs(&dir.join(file))
+            .unwrap()
+            .iter()
+            .flat_map(sweep)
+            .collect()
+    }
+
+    #[test]
+    fn run_names_are_the_references() {
+        // Spec §6.5's format, on the shipped sampling YAMLs (the reference's folder names).
+        let u: Vec<String> = shipped("uncond_sampling_configs.yml")
+            .iter()
+            .map(|s| run_name(s, false))
+            .collect();
+        assert_eq!(
+            u,
+            [
+                "sde-steps32-cfg1-sccfg3-ts_logit_normal-gamma1.5-uncond",
+                "sde-steps64-cfg1-sccfg3-ts_logit_normal-gamma1.0-uncond"
+            ]
+        );
+        let c: Vec<String> = shipped("cond_sampling_configs.yml")
+            .iter()
+            .map(|s| run_name(s, true))
+            .collect();
+        assert_eq!(c, ["ode-steps64-cfg2-ts_logit_normal-cond"]);
+    }
+
+    #[test]
+    fn unconditional_generation_runs_at_cfg_one() {
+        let mut s = shipped("cond_sampling_configs.yml")[0];
+        assert_eq!(effective(&s, true).cfg, 2.0);
+        assert_eq!(effective(&s, false).cfg, 1.0);
+        s.cfg = 1.5;
+        assert_eq!(effective(&s, false), SampleSpec { cfg: 1.0, ..s });
+    }
 }

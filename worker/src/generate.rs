@@ -37,6 +37,16 @@ pub fn sweep(s: &SamplingConfig) -> Vec<SampleSpec> {
     out
 }
 
+/// The spec a generation runs: unconditional generation is hard-wired to `cfg = 1`, as in
+/// the reference (spec §5.7), whatever the sweep says (with no condition, the unconditional
+/// pass of label CFG would only repeat the conditional one).
+pub fn effective(spec: &SampleSpec, conditional: bool) -> SampleSpec {
+    SampleSpec {
+        cfg: if conditional { spec.cfg } else { 1.0 },
+        ..*spec
+    }
+}
+
 /// Returns the flow constants of a config.
 pub fn flow_params(c: &Config) -> FlowParams {
     FlowParams {
@@ -51,7 +61,7 @@ pub fn flow_params(c: &Config) -> FlowParams {
 ///
 /// `prompts` holds conditional rows (the condition and, as in the reference's eval collator, the
 /// reference target, which condition rows cannot see); `None` generates `n` unconditional samples.
-/// `key` is `(seed, batch index)`.
+/// `key` is `(seed, global index of the first sample)`.
 ///
 /// # Errors
 /// A prompt whose tokens fall outside the vocabulary.
@@ -99,7 +109,7 @@ pub fn generate<B: Backend>(
             (Condition { latents: x0, mask }, Some(b.cond_len))
         }
     };
-    let ids = sample(model, &cond, spec, &p, key);
+    let ids = sample(model, &cond, &effective(spec, lens.is_some()), &p, key);
     let [rows, _] = ids.dims();
     let flat: Vec<i64> = ids
         .into_data()
