@@ -196,6 +196,70 @@ fn tiny_training_learns_prints_samples_and_is_deterministic() {
     );
 }
 
+/// The reference's keys on a real run: `save_freq: 1` on a 2-epoch run commits a checkpoint
+/// at each epoch's end (not only the final one), `output_dir` is the run folder when
+/// `--run-dir` is not given, and `log_freq` sets the logged training window.
+#[test]
+fn reference_save_freq_output_dir_and_log_freq_take_effect_on_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // 32 rows at a global batch of 16: two steps per epoch.
+    let rows: String = std::fs::read_to_string(root().join("data/text/train.jsonl"))
+        .unwrap()
+        .lines()
+        .take(32)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let data = dir.path().join("rows.jsonl");
+    std::fs::write(&data, rows).unwrap();
+    let out_dir = dir.path().join("outputs/elf-tiny");
+    // At info, for the window lines.
+    let o = Command::new(env!("CARGO_BIN_EXE_elf"))
+        .current_dir(root())
+        .env("RUST_LOG", "info")
+        .env("ELF_LOG_FORMAT", "json")
+        .args([
+            "train",
+            "--config",
+            "configs/tiny.yaml",
+            "--set",
+            &format!("data_path={}", data.display()),
+            "--set",
+            "train.max_steps=none",
+            "--set",
+            "epochs=2",
+            "--set",
+            "save_freq=1",
+            "--set",
+            "log_freq=2",
+            "--set",
+            &format!("output_dir={}", out_dir.display()),
+        ])
+        .output()
+        .unwrap();
+    ok(&o);
+    let ckpts = out_dir.join("checkpoints");
+    let steps: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-") && ckpts.join(n).join("manifest.json").exists())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(steps, ["step-000000001", "step-000000003"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let windows: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "train window")
+        .collect();
+    let at: Vec<u64> = windows
+        .iter()
+        .map(|w| w["fields"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(at, [2, 4], "one window per log_freq = 2 steps:\n{stderr}");
+    assert_eq!(windows[1]["fields"]["epoch"], "2.000");
+}
+
 #[test]
 fn training_on_a_missing_dataset_fails_with_one_line() {
     let e = err_line(&elf(&[
