@@ -1,5 +1,5 @@
-//! `elf`: the one user-facing binary (train, coordinator, worker, sample, eval, score, plot,
-//! config, model, data, checkpoint, bench).
+//! `elf`: the one user-facing binary (train, coordinator, worker, sample, eval, import, score,
+//! plot, config, model, data, checkpoint, bench).
 //!
 //! # Layout
 //! - [`commands`]: one file per subcommand.
@@ -11,7 +11,7 @@ mod bench;
 mod commands;
 mod out;
 
-use commands::{checkpoint, cluster, config, data, eval, model, plot, score, train};
+use commands::{checkpoint, cluster, config, data, eval, import, model, plot, score, train};
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +54,8 @@ enum Command {
     Sample(eval::SampleArgs),
     /// Evaluates a checkpoint with the paper's metrics on its task.
     Eval(eval::EvalArgs),
+    /// Imports a reference (flax msgpack) checkpoint as a committed checkpoint of ours.
+    Import(import::ImportArgs),
     /// Scores a hypothesis file against references with the paper's BLEU and ROUGE.
     Score(score::ScoreArgs),
     /// Plots a run's loss parts and eval metrics over steps as an SVG.
@@ -112,6 +114,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(a) => cluster::worker(a),
         Command::Sample(a) => eval::sample(a),
         Command::Eval(a) => eval::evaluate(a),
+        Command::Import(a) => import::run(a),
         Command::Score(a) => score::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Config(c) => config::run(c),

@@ -408,19 +408,23 @@ pub fn map_params<B: Backend, M: Module<B>>(module: M, f: &mut ParamFn<'_, B>) -
     module.map(&mut m)
 }
 
-/// Loads every parameter of `module` from `file` by Flax name (shapes must match).
+/// Loads every parameter of `module` from `file` by Flax name (shapes must match) and
+/// consumes the whole file: a tensor that is not a parameter of the module is an error too,
+/// since a file with extra tensors is a file for another model (or a wrong conversion).
 ///
 /// # Errors
-/// The first missing or mis-shaped tensor, naming the file and the tensor.
+/// The first missing, mis-shaped or unknown tensor, naming the file and the tensor.
 pub fn load_named<B: Backend, M: Module<B>>(
     module: M,
     file: &TensorFile,
 ) -> Result<M, WeightError> {
     let mut err = None;
+    let mut used = std::collections::BTreeSet::new();
     let m = map_params(module, &mut |name, shape, old| {
         if err.is_some() {
             return old;
         }
+        used.insert(name.to_string());
         match file.get_f32(name, shape) {
             Ok(v) => {
                 let n = v.len();
@@ -432,10 +436,17 @@ pub fn load_named<B: Backend, M: Module<B>>(
             }
         }
     });
-    match err {
-        Some(e) => Err(e),
-        None => Ok(m),
+    if let Some(e) = err {
+        return Err(e);
     }
+    if let Some(extra) = file.names().into_iter().find(|n| !used.contains(n)) {
+        return Err(WeightError::Mismatch {
+            path: file.path.clone(),
+            name: extra,
+            message: "is not a parameter of the model".into(),
+        });
+    }
+    Ok(m)
 }
 
 #[cfg(test)]

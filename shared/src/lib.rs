@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`config`]: the reference's flat YAML plus our sections; load, override, validate, hash.
 //! - [`events`]: JSON event lines on stdout.
+//! - [`flax`]: the reference's flax msgpack checkpoints (`to_bytes`), read natively.
 //! - [`failpoint`]: fault injection for the crash tests (`ELF_FAILPOINT_*`).
 //! - [`ids`]: [`ids::Step`] and the step vocabulary, [`ids::WorkerId`], [`ids::QuorumId`].
 //! - [`manifest`]: the checkpoint manifest and shard layout.
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod events;
 pub mod failpoint;
+pub mod flax;
 pub mod frames;
 pub mod ids;
 pub mod manifest;

@@ -475,7 +475,7 @@ pub fn load_encoder<B: Backend>(
             let path = rc.resolve(p);
             if path.ends_with(".pkl") {
                 anyhow::bail!(
-                    "{}: encoder_checkpoint {path}: JAX pickles are not read; point it at the HF t5-small model.safetensors (see README)",
+                    "{}: encoder_checkpoint {path}: JAX pickles are not read; convert it once with python scripts/reference/t5_pickle_to_hf.py {path} model.safetensors, or point it at the HF t5-small model.safetensors (see README)",
                     rc.source
                 );
             }

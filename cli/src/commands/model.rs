@@ -31,11 +31,12 @@ pub enum ModelCmd {
     /// safetensors files and writes the outputs to safetensors.
     ///
     /// `--params` holds ELF parameters under their Flax paths (`blocks_0/attn/qkv/kernel`, spec
-    /// §1.4); `--inputs` holds `u` [B,S,2E], `t` [B], `w` [B] and, with `--t5`, `input_ids`
+    /// §1.4), or is a committed checkpoint (folder, or root through `latest`; path or URL) whose
+    /// EMA weights run, e.g. one `elf import` wrote; `--inputs` holds `u` [B,S,2E], `t` [B], `w` [B] and, with `--t5`, `input_ids`
     /// [B,S] and `attention_mask` [B,S,S] (or [B,S]). Writes `x_denoise`, `x_decode`, `logits`
     /// and, with `--t5`, `latent`.
     Forward {
-        /// ELF parameters (Flax names).
+        /// ELF parameters (a safetensors file of Flax names, or a checkpoint: its EMA).
         #[arg(long)]
         params: PathBuf,
         /// Inputs.
@@ -126,6 +127,37 @@ fn t5_dims(f: &TensorFile, max_distance: usize) -> anyhow::Result<T5Dims> {
     })
 }
 
+/// The ELF parameters to run: a safetensors file, or a committed checkpoint's EMA weights
+/// (every shard's hash checked) under their Flax names.
+fn params_file(params: &Path) -> anyhow::Result<TensorFile> {
+    if params.is_file() {
+        return Ok(TensorFile::open(params)?);
+    }
+    let url = params.to_str().context("--params: not UTF-8")?;
+    let dir = elf_store::checkpoints::folder(url)
+        .with_context(|| format!("--params {url}: neither a safetensors file nor a checkpoint"))?;
+    let m = elf_store::checkpoints::read_manifest(&dir)?;
+    let state = elf_worker::checkpoint::read_state(&dir, &m, &m.tensors)?;
+    let ema: BTreeMap<String, HostTensor> = m
+        .tensors
+        .iter()
+        .filter_map(|e| {
+            let name = e.name.strip_prefix("ema/")?;
+            let (a, b) = (e.offset as usize, (e.offset + e.numel()) as usize);
+            let t = HostTensor {
+                shape: e.shape.clone(),
+                data: state[a..b].to_vec(),
+            };
+            Some((name.to_string(), t))
+        })
+        .collect();
+    let bytes = elf_model::weights::to_safetensors(&ema, None);
+    Ok(TensorFile::from_bytes(
+        Path::new(&format!("{} (EMA)", dir.display())),
+        bytes,
+    )?)
+}
+
 fn forward(
     params: &Path,
     inputs: &Path,
@@ -134,7 +166,7 @@ fn forward(
     max_distance: usize,
 ) -> anyhow::Result<()> {
     let device = Default::default();
-    let pf = TensorFile::open(params)?;
+    let pf = params_file(params)?;
     let inf = TensorFile::open(inputs)?;
     let u_shape = inf.shape("u")?;
     let [b, s, w2] = u_shape[..] else {
