@@ -178,6 +178,69 @@ fn eval_scores_unconditional_samples_with_gpt2_and_conditional_ones_with_bleu_ro
     }
 }
 
+/// `--seeds 1,2`: one evaluation per seed (each the same as a `--seed` run alone), then each
+/// metric's mean and sample standard deviation over the seeds.
+#[test]
+fn eval_over_several_seeds_reports_each_metric_mean_and_spread() {
+    let _serial = serial();
+    let ckpt = run().join("checkpoints");
+    let out = tempfile::tempdir().unwrap();
+    let eval = |extra: &[&str], name: &str| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--eval-file",
+            "data/de-en/validation.jsonl",
+            "--num-samples",
+            "4",
+        ];
+        args.extend(extra);
+        let dir = out.path().join(name);
+        args.extend(["--out", dir.to_str().unwrap()]);
+        let stdout = ok(&elf(&args));
+        (stdout, read_json(&dir.join("metrics.json")))
+    };
+    let (stdout, m) = eval(&["--seeds", "1,2"], "many");
+    assert!(
+        stdout.contains("mean ± sample standard deviation"),
+        "{stdout}"
+    );
+    assert_eq!(m["seeds"], serde_json::json!([1, 2]));
+    for (i, seed) in [1, 2].iter().enumerate() {
+        let (_, alone) = eval(&["--seed", &seed.to_string()], &format!("alone-{seed}"));
+        assert_eq!(m["per_seed"][i]["results"], alone["results"], "seed {seed}");
+        let run = alone["results"][0]["run"].as_str().unwrap();
+        assert!(
+            out.path()
+                .join(format!("many/seed-{seed}/{run}.jsonl"))
+                .exists()
+        );
+    }
+    for (k, summary) in m["summary"].as_array().unwrap().iter().enumerate() {
+        for metric in ["bleu", "rouge1", "rouge2", "rougeL"] {
+            let v: Vec<f64> = (0..2)
+                .map(|i| m["per_seed"][i]["results"][k][metric].as_f64().unwrap())
+                .collect();
+            let s = &summary["metrics"][metric];
+            let mean = (v[0] + v[1]) / 2.0;
+            let std = ((v[0] - mean).powi(2) + (v[1] - mean).powi(2)).sqrt();
+            assert!((s["mean"].as_f64().unwrap() - mean).abs() < 1e-12, "{s}");
+            assert!((s["std"].as_f64().unwrap() - std).abs() < 1e-12, "{s}");
+        }
+    }
+    let e = err_line(&elf(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--seed",
+        "1",
+        "--seeds",
+        "1,2",
+    ]));
+    assert!(e.contains("--seeds"), "{e}");
+}
+
 #[test]
 fn eval_bad_inputs_fail_with_one_clear_line() {
     let _serial = serial();

@@ -1,6 +1,7 @@
 //! `elf sample` and `elf eval`: generate from a committed checkpoint's EMA weights and score
 //! the generations with the paper's metrics (spec §5–§6).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -68,6 +69,10 @@ pub struct EvalArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Several sampling seeds in one call (`--seeds 0,1,2`): the evaluation runs once per
+    /// seed (generations under `<out>/seed-<s>/`), then each metric's mean and spread.
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Vec<u64>,
     /// Where to write the metrics (JSON) and the generations (`<run>.jsonl` beside it).
     #[arg(long, default_value = "eval")]
     out: PathBuf,
@@ -147,33 +152,97 @@ pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
         batch: a.batch,
         seed: Some(a.seed),
     };
-    let plan = eval::plan_for::<Cpu>(&task, &m.tokenizer, overrides, &device)?;
-    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
-    let done = eval::run_plan(&m, &plan, &device, &mut |run, d, total| {
-        if bar.as_ref().is_none_or(|(r, _)| r != run) {
-            if let Some((_, b)) = bar.take() {
-                b.finish_and_clear();
+    let mut plan = eval::plan_for::<Cpu>(&task, &m.tokenizer, overrides, &device)?;
+    let seeds = if a.seeds.is_empty() {
+        vec![a.seed]
+    } else {
+        a.seeds.clone()
+    };
+    let mut per_seed = vec![];
+    for &seed in &seeds {
+        plan.seed = seed;
+        let dir = if seeds.len() == 1 {
+            a.out.clone()
+        } else {
+            a.out.join(format!("seed-{seed}"))
+        };
+        let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+        let done = eval::run_plan(&m, &plan, &device, &mut |run, d, total| {
+            if bar.as_ref().is_none_or(|(r, _)| r != run) {
+                if let Some((_, b)) = bar.take() {
+                    b.finish_and_clear();
+                }
+                bar = Some((run.to_string(), progress(total, run)));
             }
-            bar = Some((run.to_string(), progress(total, run)));
+            if let Some((_, b)) = &bar {
+                b.set_position(d as u64);
+            }
+        })?;
+        if let Some((_, b)) = bar.take() {
+            b.finish_and_clear();
         }
-        if let Some((_, b)) = &bar {
-            b.set_position(d as u64);
+        let mut results: Vec<EvalResult> = vec![];
+        for (r, gens) in done {
+            eval::write_generations(&dir.join(format!("{}.jsonl", r.run)), &gens)?;
+            results.push(r);
         }
-    })?;
-    if let Some((_, b)) = bar.take() {
-        b.finish_and_clear();
+        if seeds.len() > 1 {
+            out::line(format!("seed {seed}"));
+        }
+        print_table(&results);
+        per_seed.push(results);
     }
-    let mut results: Vec<EvalResult> = vec![];
-    for (r, gens) in done {
-        eval::write_generations(&a.out.join(format!("{}.jsonl", r.run)), &gens)?;
-        results.push(r);
-    }
+    let doc = if seeds.len() == 1 {
+        serde_json::json!({
+            "checkpoint": a.checkpoint,
+            "step": m.manifest.step,
+            "seed": seeds[0],
+            "results": per_seed[0],
+        })
+    } else {
+        let summary = spread(&per_seed);
+        out::line(format!(
+            "over seeds {}: mean ± sample standard deviation",
+            seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        for r in &summary {
+            let parts: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|(k, s)| format!("{k} {:.2} ± {:.2}", s.mean, s.std))
+                .collect();
+            out::line(format!("{:<58} {}", r.run, parts.join("  ")));
+        }
+        serde_json::json!({
+            "checkpoint": a.checkpoint,
+            "step": m.manifest.step,
+            "seeds": seeds,
+            "per_seed": seeds.iter().zip(&per_seed)
+                .map(|(s, r)| serde_json::json!({"seed": s, "results": r}))
+                .collect::<Vec<_>>(),
+            "summary": summary,
+        })
+    };
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("{}: cannot create", a.out.display()))?;
+    let path = a.out.join("metrics.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    out::line(format!("wrote {}", path.display()));
+    Ok(())
+}
+
+fn print_table(results: &[EvalResult]) {
     let fmt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     out::line(format!(
         "{:<58} {:>7} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8}",
         "run", "samples", "gen-ppl", "entropy", "bleu", "rouge1", "rouge2", "rougeL"
     ));
-    for r in &results {
+    for r in results {
         out::line(format!(
             "{:<58} {:>7} {:>9} {:>8} {:>7} {:>8} {:>8} {:>8}",
             r.run,
@@ -186,17 +255,55 @@ pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
             fmt(r.rouge_l)
         ));
     }
-    let doc = serde_json::json!({
-        "checkpoint": a.checkpoint,
-        "step": m.manifest.step,
-        "seed": a.seed,
-        "results": results,
-    });
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("{}: cannot create", a.out.display()))?;
-    let path = a.out.join("metrics.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)?)
-        .with_context(|| format!("{}: cannot write", path.display()))?;
-    out::line(format!("wrote {}", path.display()));
-    Ok(())
+}
+
+/// One metric over several seeds.
+#[derive(Debug, serde::Serialize)]
+struct Spread {
+    /// Mean.
+    mean: f64,
+    /// Sample standard deviation (n − 1); 0 for one seed.
+    std: f64,
+    /// The value at each seed, in the order given.
+    values: Vec<f64>,
+}
+
+/// One sampling config's metrics over the seeds.
+#[derive(Debug, serde::Serialize)]
+struct RunSpread {
+    run: String,
+    samples: usize,
+    metrics: BTreeMap<&'static str, Spread>,
+}
+
+/// The mean and spread of each metric of each sampling config; every seed evaluates the same
+/// sampling configs in the same order.
+fn spread(per_seed: &[Vec<EvalResult>]) -> Vec<RunSpread> {
+    per_seed[0]
+        .iter()
+        .enumerate()
+        .map(|(i, first)| {
+            let mut metrics = BTreeMap::new();
+            for (name, _) in first.metrics() {
+                let values: Vec<f64> = per_seed
+                    .iter()
+                    .filter_map(|rs| rs[i].metrics().into_iter().find(|(n, _)| *n == name))
+                    .map(|(_, v)| v)
+                    .collect();
+                let n = values.len() as f64;
+                let mean = values.iter().sum::<f64>() / n;
+                let std = if values.len() > 1 {
+                    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+                } else {
+                    0.0
+                };
+                metrics.insert(name, Spread { mean, std, values });
+            }
+            RunSpread {
+                run: first.run.clone(),
+                samples: first.samples,
+                metrics,
+            }
+        })
+        .collect()
 }
