@@ -215,6 +215,52 @@ fn a_flax_train_state_imports_whole_and_every_checkpoint_consumer_runs_on_it() {
     assert!(e.contains("already holds step-000000001"), "{e}");
 }
 
+/// The reference's own writer (flax 0.10.2's `save_checkpoint`, an Orbax folder): `elf import`
+/// names the converter, and the converted file imports to the very same tensors.
+#[test]
+fn an_orbax_folder_imports_through_the_converter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("flax");
+    flax_state(&src, &["--orbax"]);
+    let orbax = src.join("orbax");
+    let import = |from: &Path, out: &str| {
+        elf(&[
+            "import",
+            from.to_str().unwrap(),
+            "--config",
+            "configs/tiny.yaml",
+            "--out",
+            tmp.path().join(out).to_str().unwrap(),
+        ])
+    };
+    // The output folder resolves to its highest checkpoint_<step>, which is Orbax.
+    let e = err_line(&import(&orbax, "a"));
+    assert!(
+        e.contains("checkpoint_2: an Orbax checkpoint folder: convert it with `python scripts/reference/orbax_to_msgpack.py"),
+        "{e}"
+    );
+    let converted = tmp.path().join("converted.msgpack");
+    let o = Command::new("python3")
+        .arg(root().join("scripts/reference/orbax_to_msgpack.py"))
+        .args([orbax.to_str().unwrap(), converted.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = ok(&import(&converted, "b"));
+    assert!(
+        stdout.contains("optimiser moments from opt_state (count 2)"),
+        "{stdout}"
+    );
+    let step = tmp.path().join("b/step-000000001");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(step.join("manifest.json")).unwrap()).unwrap();
+    let shard = TensorFile::open(&step.join(m["shards"][0]["file"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        all(&shard),
+        all(&TensorFile::open(&src.join("expected.safetensors")).unwrap())
+    );
+}
+
 #[test]
 fn a_state_for_another_model_or_with_unknown_leaves_is_refused_naming_the_tensor() {
     let tmp = tempfile::tempdir().unwrap();

@@ -10,11 +10,14 @@ random gradients (so the Muon momenta and the Adam moments are non-zero and the 
 makes an EMA copy, and writes:
 
 * `state.msgpack`: `flax.serialization.to_bytes(state)`, what `elf import` reads;
+* with `--orbax`, `orbax/checkpoint_2/`: the same state through
+  `flax.training.checkpoints.save_checkpoint`, an Orbax folder as the reference writes them;
 * `expected.safetensors`: the same numbers under our checkpoint names (`params/<flax path>`,
   `ema/...`, `opt_mu/...` for every tensor, `opt_nu/...` for the Adam ones), extracted from
   optax's typed states (`MuonState.mu`, `ScaleByAdamState.mu/nu`), and `count`.
 
-Versions used by the tests: jax 0.4.38, jaxlib 0.4.38, flax 0.10.2, optax 0.2.5, numpy,
+Versions used by the tests: jax 0.4.38, jaxlib 0.4.38, flax 0.10.2, optax 0.2.5,
+orbax-checkpoint 0.11.5, numpy,
 safetensors 0.4.5 (CPU). The reference's pinned jax 0.4.38 admits optax <= 0.2.5 (spec §4.10).
 
 Usage:
@@ -111,6 +114,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-opt", action="store_true", help="leave opt_state out")
     ap.add_argument("--no-ema", action="store_true", help="leave ema_params1 out")
+    ap.add_argument("--orbax", action="store_true",
+                    help="also write the state as the reference's writer does: an Orbax folder orbax/checkpoint_2")
     a = ap.parse_args()
     d = json.loads(a.dims)
     rng = np.random.default_rng(a.seed)
@@ -134,6 +139,10 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "state.msgpack"), "wb") as f:
         f.write(flax.serialization.to_bytes(state))
+    if a.orbax:
+        from flax.training import checkpoints
+
+        checkpoints.save_checkpoint(os.path.abspath(os.path.join(a.out, "orbax")), state, 2, overwrite=True)
 
     # The same numbers under our names, from optax's typed states (not from the msgpack paths).
     expected = {f"params/{k}": np.asarray(v) for k, v in flat(params).items()}

@@ -229,7 +229,8 @@ fn resolve_source(p: &Path) -> anyhow::Result<PathBuf> {
     };
     if path.is_dir() {
         anyhow::bail!(
-            "{}: an Orbax checkpoint folder; only flax msgpack files are read (flax.serialization.to_bytes of the restored state)",
+            "{}: an Orbax checkpoint folder: convert it with `python scripts/reference/orbax_to_msgpack.py {} STATE.msgpack`, then import STATE.msgpack",
+            path.display(),
             path.display()
         );
     }
