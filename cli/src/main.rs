@@ -174,3 +174,42 @@ fn load_config(
 ) -> anyhow::Result<elf_shared::config::ResolvedConfig> {
     Ok(elf_shared::config::Config::load(path, set)?)
 }
+
+/// A path, URL or hub id as given: a hub id (`org/name[@revision][/path]` that is no local
+/// path) is resolved to the hub's cache, downloading what the cache lacks (`elf_store::hub`).
+fn hub_path(spec: &str, kind: elf_store::hub::RepoKind, what: &str) -> anyhow::Result<String> {
+    if !elf_store::hub::is_hub_id(spec) {
+        return Ok(spec.to_string());
+    }
+    let r = elf_store::hub::resolve(spec, kind).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    tracing::info!(what, repo = %r.repo, commit = %r.revision, path = %r.path.display(), "from the hub");
+    Ok(r.path.display().to_string())
+}
+
+/// Resolves the hub ids among a config's paths (`data_path`, `eval_data_path`,
+/// `encoder_checkpoint`, `eval.gpt2`, `eval_ppl_model`) to the hub cache. The config then
+/// holds the snapshot paths, which name the commit, so the run records what it read.
+fn resolve_hub_ids(rc: &mut elf_shared::config::ResolvedConfig) -> anyhow::Result<()> {
+    use elf_store::hub::RepoKind::{Dataset, Model};
+    let at = rc.source.clone();
+    let base = rc.clone();
+    let local = |p: &str| std::path::Path::new(&base.resolve(p)).exists();
+    let c = &mut rc.config;
+    let fields: [(&str, &mut Option<String>, _); 4] = [
+        ("data_path", &mut c.data_path, Dataset),
+        ("eval_data_path", &mut c.eval_data_path, Dataset),
+        ("encoder_checkpoint", &mut c.encoder_checkpoint, Model),
+        ("eval.gpt2", &mut c.eval.gpt2, Model),
+    ];
+    for (what, field, kind) in fields {
+        if let Some(p) = field.as_deref()
+            && !local(p)
+        {
+            *field = Some(hub_path(p, kind, &format!("{at}: {what}"))?);
+        }
+    }
+    if !local(&c.eval_ppl_model) && elf_store::hub::is_hub_id(&c.eval_ppl_model) {
+        c.eval_ppl_model = hub_path(&c.eval_ppl_model, Model, &format!("{at}: eval_ppl_model"))?;
+    }
+    Ok(())
+}

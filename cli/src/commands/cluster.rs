@@ -106,7 +106,17 @@ pub fn load_run_config(
     if let Some(n) = workers {
         set.push(format!("cluster.workers={n}"));
     }
-    let rc = crate::load_config(path, &set)?;
+    let mut rc = load_reported(path, &set)?;
+    crate::resolve_hub_ids(&mut rc)?;
+    Ok(rc)
+}
+
+/// Loads a config and warns once about the reference keys in it that cannot apply here.
+///
+/// # Errors
+/// As [`crate::load_config`].
+pub fn load_reported(path: &std::path::Path, set: &[String]) -> anyhow::Result<ResolvedConfig> {
+    let rc = crate::load_config(path, set)?;
     let inert = rc.inert_keys();
     if !inert.is_empty() {
         tracing::warn!(

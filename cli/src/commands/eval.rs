@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use elf_model::backend::{Cpu, CpuTrain};
+use elf_store::hub::RepoKind::{Dataset, Model};
 use elf_worker::eval::{self, EvalResult, Loaded};
 
 use crate::out;
@@ -13,7 +14,7 @@ use crate::out;
 /// `elf sample`.
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {
-    /// Checkpoint folder, or a checkpoint root (its `latest`), path or URL.
+    /// Checkpoint folder, or a checkpoint root (its `latest`): path, URL or hub id.
     #[arg(long)]
     checkpoint: String,
     /// Conditional prompts: JSONL with `{"input": ...}` per line (or any dataset format).
@@ -42,7 +43,7 @@ pub struct SampleArgs {
 /// `elf eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// Checkpoint folder, or a checkpoint root (its `latest`), path or URL.
+    /// Checkpoint folder, or a checkpoint root (its `latest`): path, URL or hub id.
     #[arg(long)]
     checkpoint: String,
     /// The task's config (eval set, sampling configs, sample count, scorer); default: the
@@ -94,7 +95,8 @@ fn progress(total: usize, what: &str) -> indicatif::ProgressBar {
 /// Runs `elf sample`.
 pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
     let device = Default::default();
-    let m: Loaded<CpuTrain> = eval::load(&a.checkpoint, &device)?;
+    let ckpt = crate::hub_path(&a.checkpoint, Model, "--checkpoint")?;
+    let m: Loaded<CpuTrain> = eval::load(&ckpt, &device)?;
     let c = &m.rc.config;
     let prompts = match &a.input {
         Some(f) => Some(eval::read_prompts(f, &m.tokenizer, a.num)?),
@@ -140,14 +142,28 @@ pub fn sample(a: SampleArgs) -> anyhow::Result<()> {
 /// Runs `elf eval`.
 pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
     let device = Default::default();
-    let m: Loaded<CpuTrain> = eval::load(&a.checkpoint, &device)?;
-    let task = match &a.config {
+    let ckpt = crate::hub_path(&a.checkpoint, Model, "--checkpoint")?;
+    let m: Loaded<CpuTrain> = eval::load(&ckpt, &device)?;
+    let mut task = match &a.config {
         Some(p) => crate::load_config(p, &a.set)?,
         None => m.rc.clone(),
     };
+    crate::resolve_hub_ids(&mut task)?;
+    let eval_file = match &a.eval_file {
+        Some(f) => Some(crate::hub_path(f, Dataset, "--eval-file")?),
+        None => None,
+    };
+    let gpt2 = match &a.gpt2 {
+        Some(g) => Some(PathBuf::from(crate::hub_path(
+            &g.to_string_lossy(),
+            Model,
+            "--gpt2",
+        )?)),
+        None => None,
+    };
     let overrides = eval::EvalOverrides {
-        eval_file: a.eval_file.clone(),
-        gpt2: a.gpt2.clone(),
+        eval_file,
+        gpt2,
         num_samples: a.num_samples,
         batch: a.batch,
         seed: Some(a.seed),

@@ -30,7 +30,8 @@ const NS_COEFFS: [f32; 3] = [3.4445, -4.7750, 2.0315];
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
     /// The reference checkpoint: a flax msgpack file (`flax.serialization.to_bytes` of the
-    /// train state), or a folder of `checkpoint_<step>` entries (the highest is taken).
+    /// train state), or a folder of `checkpoint_<step>` entries (the highest is taken); either
+    /// as a hub id (`org/name[@revision][/path]`, e.g. `embedded-language-flows/ELF-B-owt`).
     pub src: PathBuf,
     /// The run's config (the reference's YAML loads as is): the model it describes must be the
     /// source's, and the checkpoint records it.
@@ -59,12 +60,19 @@ struct Sorted {
 
 /// Runs `elf import`.
 pub fn run(a: ImportArgs) -> anyhow::Result<()> {
-    let src = resolve_source(&a.src)?;
+    let given = a.src.to_string_lossy().into_owned();
+    let src = PathBuf::from(crate::hub_path(
+        &given,
+        elf_store::hub::RepoKind::Model,
+        "elf import",
+    )?);
+    let src = resolve_source(&src)?;
     let at = src.display().to_string();
     let bytes = std::fs::read(&src).with_context(|| format!("{at}: cannot read"))?;
     let leaves = read_state(&bytes).with_context(|| format!("{at}: not a flax msgpack state"))?;
     drop(bytes);
-    let rc = crate::commands::cluster::load_run_config(&a.config, &a.set, None)?;
+    // The config's data and encoder are not needed to convert weights: no hub downloads.
+    let rc = crate::commands::cluster::load_reported(&a.config, &a.set)?;
     let c = &rc.config;
     let tokenizer = elf_dataset::tokenizer::TextTokenizer::for_config(
         c.tokenizer_name.as_deref(),
