@@ -18,6 +18,8 @@ fn elf(args: &[&str]) -> Output {
 
 use elf_e2e::{err_line, ok};
 
+mod common;
+
 #[test]
 fn model_params_counts_presets_from_built_modules() {
     assert_eq!(
@@ -203,14 +205,8 @@ fn tiny_training_learns_prints_samples_and_is_deterministic() {
 fn reference_save_freq_output_dir_and_log_freq_take_effect_on_a_run() {
     let dir = tempfile::tempdir().unwrap();
     // 32 rows at a global batch of 16: two steps per epoch.
-    let rows: String = std::fs::read_to_string(root().join("data/text/train.jsonl"))
-        .unwrap()
-        .lines()
-        .take(32)
-        .map(|l| format!("{l}\n"))
-        .collect();
     let data = dir.path().join("rows.jsonl");
-    std::fs::write(&data, rows).unwrap();
+    std::fs::write(&data, common::corpus_rows(32)).unwrap();
     let out_dir = dir.path().join("outputs/elf-tiny");
     // At info, for the window lines.
     let o = Command::new(env!("CARGO_BIN_EXE_elf"))

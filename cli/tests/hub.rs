@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use elf_e2e::{err_line, ok};
 
+mod common;
+use common::{corpus_rows, flax_state};
+
 fn root() -> PathBuf {
     elf_e2e::repo_root()
 }
@@ -174,33 +177,11 @@ fn elf(hub: &Hub, home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     c.output().unwrap()
 }
 
-fn flax_state(dir: &Path) -> Vec<u8> {
-    let rc = elf_shared::config::Config::load(&root().join("configs/tiny.yaml"), &[]).unwrap();
-    let d = elf_model::dims::ElfDims::from_config(&rc.config, elf_model::dims::T5_VOCAB);
-    let dims = serde_json::json!({
-        "hidden": d.hidden, "depth": d.depth, "heads": d.heads, "ffn": d.ffn,
-        "latent": d.latent, "bottleneck": d.bottleneck, "vocab": d.vocab,
-        "n_time": d.n_time, "n_sc": d.n_sc, "n_mode": d.n_mode,
-    });
-    let o = Command::new("python3")
-        .arg(root().join("scripts/reference/flax_state.py"))
-        .args(["--dims", &dims.to_string(), "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::read(dir.join("state.msgpack")).unwrap()
-}
-
 #[test]
 fn hub_ids_resolve_through_the_cache_with_tokens_offline_mode_and_resumed_downloads() {
     let tmp = tempfile::tempdir().unwrap();
-    let state = flax_state(&tmp.path().join("flax"));
-    let rows: String = std::fs::read_to_string(root().join("data/text/train.jsonl"))
-        .unwrap()
-        .lines()
-        .take(32)
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let state = flax_state(&tmp.path().join("flax"), &[]);
+    let rows = corpus_rows(32);
     let gpt2 = root().join("model/tests/fixtures/gpt2");
     let gpt2_files: BTreeMap<String, Vec<u8>> =
         ["config.json", "model.safetensors", "tokenizer.json"]

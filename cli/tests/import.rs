@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use elf_model::dims::ElfDims;
 use elf_model::weights::{HostTensor, TensorFile, write_safetensors};
-use elf_shared::config::Config;
 
 use elf_e2e::{err_line, ok};
+
+mod common;
+use common::flax_state;
 
 fn root() -> PathBuf {
     elf_e2e::repo_root()
@@ -19,29 +20,6 @@ fn root() -> PathBuf {
 
 fn elf(args: &[&str]) -> std::process::Output {
     elf_e2e::run_in_repo(env!("CARGO_BIN_EXE_elf"), args)
-}
-
-/// Writes `state.msgpack` and `expected.safetensors` for the model of `configs/tiny.yaml` (plus
-/// `extra` script flags) into `dir`.
-fn flax_state(dir: &Path, extra: &[&str]) {
-    let rc = Config::load(&root().join("configs/tiny.yaml"), &[]).unwrap();
-    let d = ElfDims::from_config(&rc.config, elf_model::dims::T5_VOCAB);
-    let dims = serde_json::json!({
-        "hidden": d.hidden, "depth": d.depth, "heads": d.heads, "ffn": d.ffn,
-        "latent": d.latent, "bottleneck": d.bottleneck, "vocab": d.vocab,
-        "n_time": d.n_time, "n_sc": d.n_sc, "n_mode": d.n_mode,
-    });
-    let out = Command::new("python3")
-        .arg(root().join("scripts/reference/flax_state.py"))
-        .args(["--dims", &dims.to_string(), "--out", dir.to_str().unwrap()])
-        .args(extra)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "flax_state.py failed (pip install -r scripts/requirements-test.txt): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn all(f: &TensorFile) -> BTreeMap<String, HostTensor> {
