@@ -186,10 +186,15 @@ fn hub_path(spec: &str, kind: elf_store::hub::RepoKind, what: &str) -> anyhow::R
     Ok(r.path.display().to_string())
 }
 
-/// Resolves the hub ids among a config's paths (`data_path`, `eval_data_path`,
-/// `encoder_checkpoint`, `eval.gpt2`, `eval_ppl_model`) to the hub cache. The config then
-/// holds the snapshot paths, which name the commit, so the run records what it read.
-fn resolve_hub_ids(rc: &mut elf_shared::config::ResolvedConfig) -> anyhow::Result<()> {
+/// Resolves the hub ids among a config's paths (`data_path` when `train_data`,
+/// `eval_data_path`, `encoder_checkpoint`, `eval.gpt2`, `eval_ppl_model`) to the hub cache. The
+/// config then holds the snapshot paths, which name the commit, so the run records what it
+/// read. An evaluation passes `train_data: false`: it never reads the training set, so it must
+/// not download it.
+fn resolve_hub_ids(
+    rc: &mut elf_shared::config::ResolvedConfig,
+    train_data: bool,
+) -> anyhow::Result<()> {
     use elf_store::hub::RepoKind::{Dataset, Model};
     let at = rc.source.clone();
     let base = rc.clone();
@@ -202,6 +207,9 @@ fn resolve_hub_ids(rc: &mut elf_shared::config::ResolvedConfig) -> anyhow::Resul
         ("eval.gpt2", &mut c.eval.gpt2, Model),
     ];
     for (what, field, kind) in fields {
+        if what == "data_path" && !train_data {
+            continue;
+        }
         if let Some(p) = field.as_deref()
             && !local(p)
         {

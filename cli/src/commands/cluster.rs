@@ -107,7 +107,7 @@ pub fn load_run_config(
         set.push(format!("cluster.workers={n}"));
     }
     let mut rc = load_reported(path, &set)?;
-    crate::resolve_hub_ids(&mut rc)?;
+    crate::resolve_hub_ids(&mut rc, true)?;
     Ok(rc)
 }
 

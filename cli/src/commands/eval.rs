@@ -148,7 +148,7 @@ pub fn evaluate(a: EvalArgs) -> anyhow::Result<()> {
         Some(p) => crate::load_config(p, &a.set)?,
         None => m.rc.clone(),
     };
-    crate::resolve_hub_ids(&mut task)?;
+    crate::resolve_hub_ids(&mut task, false)?;
     let eval_file = match &a.eval_file {
         Some(f) => Some(crate::hub_path(f, Dataset, "--eval-file")?),
         None => None,
